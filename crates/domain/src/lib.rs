@@ -1,0 +1,30 @@
+//! The vocabulary of Flowers: devices, specs of services and jobs, runs, events and byte sizes.
+//!
+//! This crate owns the nouns of PRODUCT.md as plain data with their invariants (a `ByteSize`
+//! parses `"6GiB"`, a `Name` is a valid service or job name, an `ExitStatus` knows how to say
+//! `code=137 (SIGKILL)`). It never does I/O, never reads the environment and never knows how
+//! anything is stored, scheduled or served: every other crate speaks in these types.
+
+mod bytes;
+mod device;
+mod event;
+mod name;
+mod run;
+mod spec;
+
+pub use bytes::{ByteSize, ByteSizeError};
+pub use device::{Device, DeviceId, DeviceKind, GpuProcess, GpuTelemetry};
+pub use event::{Event, EventKind, NewEvent};
+pub use name::{Name, NameError};
+pub use run::{ExitStatus, OwnerKind, RunId, RunOwner, RunState};
+pub use spec::{
+    JobSpec, ProbeSpec, ResourceRequest, RestartPolicy, RestartSpec, RouteSpec, ServiceSpec,
+};
+
+/// Milliseconds since the Unix epoch, the one clock every record in Flowers is stamped with.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

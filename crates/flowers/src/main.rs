@@ -1,0 +1,143 @@
+//! `flowers`: the one binary. `flowers up` runs the server (orchestrator, control API,
+//! gateway); every other command is a client of the control API.
+
+mod commands;
+mod table;
+mod up;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The hidden subcommand the supervisor starts each Run through (see the supervisor crate).
+pub const MONITOR_SUBCOMMAND: &str = "__monitor";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flowers",
+    version,
+    about = "An always-up, on-premises deep-learning server: train and serve on the same GPUs.",
+    propagate_version = true
+)]
+struct Cli {
+    /// URL of the control API that client commands talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "FLOWERS_API",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    api: String,
+
+    /// Print JSON for machines instead of tables for people.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start Flowers: devices, services, jobs, the control API and the gateway.
+    Up(UpArgs),
+    /// Validate a config file without starting anything.
+    Check {
+        /// The file to check (default: ./flowers.toml, else the embedded default).
+        file: Option<PathBuf>,
+    },
+    /// List services and jobs with their Runs.
+    Ps,
+    /// Show devices: NVML readings and what Flowers has allocated on each.
+    Gpus,
+    /// Show the output of a service's replicas, a job's latest Run, or one Run.
+    Logs {
+        /// A service, job or Run id (`web`, `train`, `web-12`).
+        name: String,
+        /// Keep printing new output until the Run ends (Ctrl-C to stop).
+        #[arg(short, long)]
+        follow: bool,
+        /// Start with the last this many lines.
+        #[arg(long, default_value_t = 200)]
+        tail: usize,
+    },
+    /// Start a Run of a job.
+    Run {
+        /// The job's name.
+        job: String,
+    },
+    /// Stop a Run gracefully (a service replica is replaced; a job is not restarted).
+    Stop {
+        /// The Run id, as `flowers ps` shows it.
+        run: String,
+    },
+    /// Clear a service's crash loop, or a job's failure count, so Flowers tries again.
+    Reset {
+        /// The service or job.
+        name: String,
+    },
+    /// Show what happened; with -f, keep following.
+    Events {
+        #[arg(short, long)]
+        follow: bool,
+        /// Only events about this service or job.
+        #[arg(long)]
+        owner: Option<String>,
+        /// How many past events to show first.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Print the control API's OpenAPI document.
+    Openapi,
+}
+
+#[derive(clap::Args, Debug)]
+struct UpArgs {
+    /// Config file (default: ./flowers.toml if present, else the embedded default).
+    #[arg(long, short, env = "FLOWERS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Control API address (overrides [server] api_listen and FLOWERS_API_LISTEN).
+    #[arg(long)]
+    api_listen: Option<std::net::SocketAddr>,
+    /// Gateway address (overrides [server] gateway_listen and FLOWERS_GATEWAY_LISTEN).
+    #[arg(long)]
+    gateway_listen: Option<std::net::SocketAddr>,
+    /// Data directory (overrides [server] data_dir and FLOWERS_DATA_DIR).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Number of CPU slots (overrides [devices] cpu_slots and FLOWERS_CPU_SLOTS).
+    #[arg(long)]
+    cpu_slots: Option<u32>,
+}
+
+fn main() -> ExitCode {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == MONITOR_SUBCOMMAND) {
+        supervisor::monitor_main(args.split_off(2));
+    }
+    let cli = Cli::parse_from(args);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the async runtime starts");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up::up(args, cli.json).await,
+            Command::Check { file } => commands::check(file, cli.json),
+            Command::Openapi => {
+                println!("{}", api::openapi_json());
+                Ok(ExitCode::SUCCESS)
+            }
+            command => commands::client_command(&cli.api, cli.json, command).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

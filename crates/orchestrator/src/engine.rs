@@ -1,0 +1,1447 @@
+//! The loop itself: state, the handling of each [`Input`], and reconciliation.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use domain::{
+    now_ms, ByteSize, DeviceId, EventKind, ExitStatus, JobSpec, Name, NewEvent, OwnerKind,
+    ProbeSpec, RestartPolicy, RunId, RunOwner, RunState, ServiceSpec,
+};
+use scheduler::{Allocation, Request, RequestClass, Snapshot};
+use store::{NewRun, OwnerState, RunFilter, RunRecord, RunUpdate, Store};
+use supervisor::{LaunchSpec, ProcessHandle, Supervisor};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
+
+use crate::view::{JobView, OwnerStatus, ServiceView, View};
+use crate::{Command, Desired, Error, Handle, Settings};
+
+/// Everything that can make the orchestrator act. One closed set, handled one at a time.
+pub(crate) enum Input {
+    Command(Command),
+    /// A Run's monitor process ended; `status` is the Run command's own.
+    RunExited {
+        run: RunId,
+        status: ExitStatus,
+    },
+    /// A service Run passed its first readiness probe.
+    ProbePassed {
+        run: RunId,
+    },
+    /// A service Run did not become ready within its start timeout.
+    StartTimedOut {
+        run: RunId,
+        reason: String,
+    },
+    /// A ready service Run failed its probe `failure_threshold` times in a row.
+    RunUnhealthy {
+        run: RunId,
+        reason: String,
+    },
+    /// An owner's restart backoff is over.
+    BackoffElapsed,
+}
+
+/// Why Flowers is stopping a Run; decides what happens after it exits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum StopCause {
+    User,
+    ScaleDown,
+    Unhealthy(String),
+    NotDesired(String),
+    Shutdown,
+}
+
+impl StopCause {
+    fn describe(&self) -> String {
+        match self {
+            StopCause::User => "requested by user".into(),
+            StopCause::ScaleDown => "more replicas than configured".into(),
+            StopCause::Unhealthy(reason) => reason.clone(),
+            StopCause::NotDesired(reason) => reason.clone(),
+            StopCause::Shutdown => "Flowers is shutting down".into(),
+        }
+    }
+    /// A Run stopped for failing its probes counts as a failure of its owner.
+    fn is_failure(&self) -> bool {
+        matches!(self, StopCause::Unhealthy(_))
+    }
+}
+
+struct LiveRun {
+    record: RunRecord,
+    handle: Option<ProcessHandle>,
+    stop_grace: Duration,
+    probe: Option<AbortHandle>,
+    stop: Option<StopCause>,
+}
+
+struct ServiceState {
+    spec: ServiceSpec,
+    hash: String,
+    failures: u32,
+    crash_loop: bool,
+    backoff_until: Option<Instant>,
+    waiting: Option<String>,
+    /// Replica slots that ended and, by restart policy, are not started again.
+    finished_slots: BTreeSet<u32>,
+    last_exit: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum JobOutcome {
+    Idle,
+    Active,
+    Succeeded,
+    Failed(String),
+    Stopped,
+}
+
+struct JobState {
+    spec: JobSpec,
+    hash: String,
+    outcome: JobOutcome,
+    failures: u32,
+    backoff_until: Option<Instant>,
+    waiting: Option<String>,
+    last_run: Option<RunRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Key {
+    Replica(Name, u32),
+    Job(Name),
+}
+
+struct Engine {
+    settings: Settings,
+    store: Store,
+    supervisor: Arc<Supervisor>,
+    desired_devices: Vec<domain::Device>,
+    gpu_status: String,
+    services: BTreeMap<Name, ServiceState>,
+    jobs: BTreeMap<Name, JobState>,
+    runs: BTreeMap<RunId, LiveRun>,
+    inputs: mpsc::UnboundedSender<Input>,
+    events: broadcast::Sender<domain::Event>,
+    view: watch::Sender<Arc<View>>,
+    started_ms: i64,
+    shutdown_replies: Option<Vec<oneshot::Sender<()>>>,
+}
+
+pub(crate) async fn start(
+    settings: Settings,
+    desired: Desired,
+    store: Store,
+    gpu_status: String,
+) -> Result<(Handle, tokio::task::JoinHandle<()>), Error> {
+    let (inputs, receiver) = mpsc::unbounded_channel();
+    let (events, _) = broadcast::channel(1024);
+    let (view, view_receiver) = watch::channel(Arc::new(View::default()));
+    let supervisor = Arc::new(Supervisor::new(settings.monitor_command.clone()));
+
+    let mut engine = Engine {
+        supervisor,
+        store: store.clone(),
+        desired_devices: desired.devices.clone(),
+        gpu_status,
+        services: BTreeMap::new(),
+        jobs: BTreeMap::new(),
+        runs: BTreeMap::new(),
+        inputs: inputs.clone(),
+        events: events.clone(),
+        view,
+        started_ms: now_ms(),
+        shutdown_replies: None,
+        settings,
+    };
+    engine.load(desired)?;
+    engine.adopt_previous_runs().await?;
+    engine.reconcile().await;
+    engine.publish();
+
+    let (commands_tx, mut commands_rx) = mpsc::channel::<Input>(64);
+    // Commands from handles come through a bounded channel (back-pressure on callers) and are
+    // forwarded into the loop's single input queue.
+    let forward = inputs.clone();
+    tokio::spawn(async move {
+        while let Some(input) = commands_rx.recv().await {
+            if forward.send(input).is_err() {
+                break;
+            }
+        }
+    });
+    let task = tokio::spawn(engine.run(receiver));
+    Ok((
+        Handle {
+            commands: commands_tx,
+            view: view_receiver,
+            events,
+            store,
+        },
+        task,
+    ))
+}
+
+/// A stable digest of what makes two versions of a spec need different processes. Replica
+/// counts are left out: scaling never restarts the replicas that stay.
+fn spec_hash<T: serde::Serialize>(spec: &T) -> String {
+    let mut value = serde_json::to_value(spec).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.remove("replicas");
+        object.remove("autostart");
+    }
+    let bytes = serde_json::to_vec(&value).unwrap_or_default();
+    // FNV-1a: stable across Rust releases, unlike the standard library's hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+fn run_dir(data_dir: &Path, run: &RunId) -> PathBuf {
+    data_dir.join("runs").join(run.as_str())
+}
+
+impl Engine {
+    fn load(&mut self, desired: Desired) -> Result<(), Error> {
+        for (name, spec) in desired.services {
+            let saved = self.store.owner_state(name.as_str())?;
+            self.services.insert(
+                name,
+                ServiceState {
+                    hash: spec_hash(&spec),
+                    spec,
+                    failures: saved.as_ref().map_or(0, |s| s.consecutive_failures),
+                    crash_loop: saved.as_ref().is_some_and(|s| s.crash_loop),
+                    backoff_until: None,
+                    waiting: None,
+                    finished_slots: BTreeSet::new(),
+                    last_exit: None,
+                },
+            );
+        }
+        for (name, spec) in desired.jobs {
+            let outcome = if spec.autostart {
+                JobOutcome::Active
+            } else {
+                JobOutcome::Idle
+            };
+            let last_run = self
+                .store
+                .runs(&RunFilter {
+                    owner: Some(name.to_string()),
+                    active_only: false,
+                    limit: Some(1),
+                })?
+                .into_iter()
+                .next();
+            self.jobs.insert(
+                name,
+                JobState {
+                    hash: spec_hash(&spec),
+                    spec,
+                    outcome,
+                    failures: 0,
+                    backoff_until: None,
+                    waiting: None,
+                    last_run,
+                },
+            );
+        }
+        let devices = self
+            .desired_devices
+            .iter()
+            .map(|d| d.id.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.emit(NewEvent::new(
+            EventKind::FlowersStarted,
+            format!(
+                "Flowers {} started (pid {})",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id()
+            ),
+        ));
+        self.emit(NewEvent::new(
+            EventKind::DevicesDetected,
+            format!(
+                "devices: {}; {}",
+                if devices.is_empty() { "none" } else { &devices },
+                self.gpu_status
+            ),
+        ));
+        Ok(())
+    }
+
+    /// Runs an earlier Flowers left behind are adopted again when they are still alive and
+    /// still wanted as they are; otherwise stopped, so nothing is leaked and the device memory
+    /// they held comes back.
+    async fn adopt_previous_runs(&mut self) -> Result<(), Error> {
+        let previous = self.store.runs(&RunFilter {
+            owner: None,
+            active_only: true,
+            limit: None,
+        })?;
+        for record in previous.into_iter().rev() {
+            let handle = match (record.pid, record.pid_start_ticks) {
+                (Some(pid), Some(start_ticks)) => ProcessHandle { pid, start_ticks },
+                _ => {
+                    self.close_dead_run(
+                        record,
+                        None,
+                        "Flowers stopped before the process was started".into(),
+                    );
+                    continue;
+                }
+            };
+            let dir = record.run_dir.clone();
+            let process = match self.supervisor.adopt(handle, &dir) {
+                Ok(Some(process)) => process,
+                Ok(None) => {
+                    let status = supervisor::read_exit_status(&dir);
+                    self.close_dead_run(record, status, "ended while Flowers was down".into());
+                    continue;
+                }
+                Err(error) => {
+                    self.close_dead_run(record, None, format!("could not be adopted: {error}"));
+                    continue;
+                }
+            };
+            let verdict = self.still_wanted(&record);
+            let stop_grace = self.stop_grace_of(&record.owner);
+            let run_id = record.id.clone();
+            self.spawn_waiter(run_id.clone(), process);
+            let was_ready = record.state == RunState::Ready;
+            let port = record.port;
+            let owner = record.owner.clone();
+            self.runs.insert(
+                run_id.clone(),
+                LiveRun {
+                    record,
+                    handle: Some(handle),
+                    stop_grace,
+                    probe: None,
+                    stop: None,
+                },
+            );
+            match verdict {
+                Ok(()) => {
+                    self.emit(
+                        NewEvent::new(
+                            EventKind::RunAdopted,
+                            format!("adopted after a restart of Flowers (pid {})", handle.pid),
+                        )
+                        .owner(&owner.name)
+                        .run(&run_id),
+                    );
+                    if owner.kind == OwnerKind::Service {
+                        if let (Some(port), Some(service)) = (port, self.services.get(&owner.name))
+                        {
+                            let probe = service.spec.probe.clone();
+                            let abort = self.spawn_probe(run_id.clone(), port, probe, was_ready);
+                            if let Some(live) = self.runs.get_mut(&run_id) {
+                                live.probe = Some(abort);
+                            }
+                        }
+                    } else if let Some(job) = self.jobs.get_mut(&owner.name) {
+                        job.outcome = JobOutcome::Active;
+                    }
+                }
+                Err(reason) => self.begin_stop(&run_id, StopCause::NotDesired(reason)),
+            }
+        }
+        Ok(())
+    }
+
+    fn still_wanted(&self, record: &RunRecord) -> Result<(), String> {
+        if let Some(device) = &record.device {
+            if !self.desired_devices.iter().any(|d| &d.id == device) {
+                return Err(format!("its device {device} is gone"));
+            }
+        }
+        let hash = match record.owner.kind {
+            OwnerKind::Service => {
+                let Some(service) = self.services.get(&record.owner.name) else {
+                    return Err("its service is no longer configured".into());
+                };
+                if record.owner.replica >= service.spec.replicas {
+                    return Err("more replicas than configured".into());
+                }
+                &service.hash
+            }
+            OwnerKind::Job => match self.jobs.get(&record.owner.name) {
+                Some(job) => &job.hash,
+                None => return Err("its job is no longer configured".into()),
+            },
+        };
+        if *hash != record.spec_hash {
+            return Err("its configuration changed".into());
+        }
+        Ok(())
+    }
+
+    fn stop_grace_of(&self, owner: &RunOwner) -> Duration {
+        match owner.kind {
+            OwnerKind::Service => self
+                .services
+                .get(&owner.name)
+                .map_or(Duration::from_secs(10), |s| s.spec.stop_grace),
+            OwnerKind::Job => self
+                .jobs
+                .get(&owner.name)
+                .map_or(Duration::from_secs(30), |j| j.spec.stop_grace),
+        }
+    }
+
+    fn close_dead_run(&mut self, record: RunRecord, status: Option<ExitStatus>, reason: String) {
+        let update = RunUpdate {
+            state: Some(RunState::Exited),
+            exit: status,
+            reason: Some(reason.clone()),
+            ended_ms: Some(now_ms()),
+            ..RunUpdate::default()
+        };
+        if let Err(error) = self.store.update_run(&record.id, &update) {
+            tracing::error!(%error, run = %record.id, "could not record the end of a run");
+        }
+        let message = match status {
+            Some(status) => format!("exited {status} ({reason})"),
+            None => format!("exited ({reason})"),
+        };
+        self.emit(
+            NewEvent::new(EventKind::RunExited, message)
+                .owner(&record.owner.name)
+                .run(&record.id),
+        );
+    }
+
+    async fn run(mut self, mut inputs: mpsc::UnboundedReceiver<Input>) {
+        while let Some(input) = inputs.recv().await {
+            self.handle(input).await;
+            if let Some(replies) = self.shutdown_replies.as_mut() {
+                if self.runs.is_empty() {
+                    for reply in replies.drain(..) {
+                        let _ = reply.send(());
+                    }
+                    self.publish();
+                    return;
+                }
+            } else {
+                self.reconcile().await;
+            }
+            self.publish();
+        }
+    }
+
+    async fn handle(&mut self, input: Input) {
+        match input {
+            Input::Command(command) => self.handle_command(command).await,
+            Input::RunExited { run, status } => self.on_exit(run, status),
+            Input::ProbePassed { run } => self.on_ready(run),
+            Input::StartTimedOut { run, reason } | Input::RunUnhealthy { run, reason } => {
+                if let Some(live) = self.runs.get(&run) {
+                    self.emit(
+                        NewEvent::new(EventKind::RunUnhealthy, reason.clone())
+                            .owner(&live.record.owner.name)
+                            .run(&run),
+                    );
+                    self.begin_stop(&run, StopCause::Unhealthy(reason));
+                }
+            }
+            Input::BackoffElapsed => {}
+        }
+    }
+
+    async fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::StartJob { name, reply } => {
+                let answer = self.start_job(&name).await;
+                let _ = reply.send(answer);
+            }
+            Command::StopRun { run, reply } => {
+                let answer = self.stop_run_by_user(&run);
+                let _ = reply.send(answer);
+            }
+            Command::Reset { name, reply } => {
+                let answer = self.reset(&name);
+                let _ = reply.send(answer);
+            }
+            Command::Shutdown { reply } => {
+                if self.shutdown_replies.is_none() {
+                    self.emit(NewEvent::new(
+                        EventKind::FlowersStopping,
+                        format!("stopping {} run(s)", self.runs.len()),
+                    ));
+                    let ids: Vec<RunId> = self.runs.keys().cloned().collect();
+                    for id in ids {
+                        self.begin_stop(&id, StopCause::Shutdown);
+                    }
+                }
+                self.shutdown_replies
+                    .get_or_insert_with(Vec::new)
+                    .push(reply);
+            }
+        }
+    }
+
+    async fn start_job(&mut self, name: &str) -> Result<String, Error> {
+        if self.shutdown_replies.is_some() {
+            return Err(Error::ShuttingDown);
+        }
+        let Some(job) = self.jobs.get_mut(name) else {
+            return Err(Error::UnknownJob(name.to_string()));
+        };
+        if let Some(live) = self.runs.values().find(|live| {
+            live.record.owner.kind == OwnerKind::Job && live.record.owner.name.as_str() == name
+        }) {
+            return Err(Error::JobAlreadyRunning(
+                name.to_string(),
+                live.record.id.to_string(),
+            ));
+        }
+        job.outcome = JobOutcome::Active;
+        job.failures = 0;
+        job.backoff_until = None;
+        self.reconcile().await;
+        let job = &self.jobs[name];
+        match &job.waiting {
+            Some(reason) => Ok(format!("job {name} is waiting: {reason}")),
+            None => Ok(job
+                .last_run
+                .as_ref()
+                .map(|run| run.id.to_string())
+                .unwrap_or_default()),
+        }
+    }
+
+    fn stop_run_by_user(&mut self, run: &RunId) -> Result<String, Error> {
+        if !self.runs.contains_key(run) {
+            return match self.store.run(run)? {
+                Some(_) => Err(Error::RunEnded(run.to_string())),
+                None => Err(Error::UnknownRun(run.to_string())),
+            };
+        }
+        let live = &self.runs[run];
+        let grace = live.stop_grace;
+        if live.record.owner.kind == OwnerKind::Job {
+            if let Some(job) = self.jobs.get_mut(&live.record.owner.name) {
+                job.outcome = JobOutcome::Stopped;
+            }
+        }
+        self.begin_stop(run, StopCause::User);
+        Ok(format!(
+            "stopping {run} (SIGTERM, then SIGKILL after {})",
+            humantime_secs(grace)
+        ))
+    }
+
+    fn reset(&mut self, name: &str) -> Result<String, Error> {
+        if let Some(service) = self.services.get_mut(name) {
+            let was = service.crash_loop;
+            service.crash_loop = false;
+            service.failures = 0;
+            service.backoff_until = None;
+            service.finished_slots.clear();
+            let kind = OwnerKind::Service;
+            self.save_owner_state(name, kind, 0, false);
+            let message = if was {
+                "crash loop cleared; starting again"
+            } else {
+                "failure count cleared"
+            };
+            self.emit(NewEvent::new(EventKind::CrashLoopCleared, message).owner(name));
+            return Ok(format!("{name}: {message}"));
+        }
+        if let Some(job) = self.jobs.get_mut(name) {
+            job.failures = 0;
+            job.backoff_until = None;
+            if matches!(job.outcome, JobOutcome::Failed(_)) {
+                job.outcome = JobOutcome::Idle;
+            }
+            self.save_owner_state(name, OwnerKind::Job, 0, false);
+            self.emit(
+                NewEvent::new(EventKind::CrashLoopCleared, "failure count cleared").owner(name),
+            );
+            return Ok(format!("{name}: failure count cleared"));
+        }
+        Err(Error::UnknownOwner(name.to_string()))
+    }
+
+    fn on_ready(&mut self, run: RunId) {
+        let Some(live) = self.runs.get_mut(&run) else {
+            return;
+        };
+        if live.stop.is_some() || live.record.state == RunState::Ready {
+            return;
+        }
+        let now = now_ms();
+        live.record.state = RunState::Ready;
+        live.record.ready_ms = Some(now);
+        let owner = live.record.owner.name.clone();
+        let started = live.record.started_ms.unwrap_or(now);
+        self.update_run(
+            &run,
+            RunUpdate {
+                state: Some(RunState::Ready),
+                ready_ms: Some(now),
+                ..RunUpdate::default()
+            },
+        );
+        self.emit(
+            NewEvent::new(
+                EventKind::RunReady,
+                format!("ready after {:.1}s", (now - started) as f64 / 1000.0),
+            )
+            .owner(&owner)
+            .run(&run),
+        );
+    }
+
+    fn on_exit(&mut self, run: RunId, status: ExitStatus) {
+        let Some(mut live) = self.runs.remove(&run) else {
+            return;
+        };
+        if let Some(probe) = live.probe.take() {
+            probe.abort();
+        }
+        let now = now_ms();
+        let owner = live.record.owner.clone();
+        let stopped_by_us = live.stop.as_ref().is_some_and(|cause| !cause.is_failure());
+        let state = if stopped_by_us {
+            RunState::Stopped
+        } else {
+            RunState::Exited
+        };
+        let reason = live.stop.as_ref().map(StopCause::describe);
+        self.update_run(
+            &run,
+            RunUpdate {
+                state: Some(state),
+                exit: Some(status),
+                ended_ms: Some(now),
+                reason: reason.clone(),
+                ..RunUpdate::default()
+            },
+        );
+        live.record.state = state;
+        live.record.exit = Some(status);
+        live.record.ended_ms = Some(now);
+        live.record.reason = reason.clone();
+        let (kind, message) = match (&live.stop, stopped_by_us) {
+            (Some(cause), true) => (
+                EventKind::RunStopped,
+                format!("stopped {status} ({})", cause.describe()),
+            ),
+            (Some(cause), false) => (
+                EventKind::RunExited,
+                format!("exited {status} after being stopped: {}", cause.describe()),
+            ),
+            (None, _) => (EventKind::RunExited, format!("exited {status}")),
+        };
+        self.emit(NewEvent::new(kind, message).owner(&owner.name).run(&run));
+
+        if self.shutdown_replies.is_some() {
+            return;
+        }
+        // How long the Run was healthy decides whether earlier failures are forgiven.
+        let healthy_since = match owner.kind {
+            OwnerKind::Service => live.record.ready_ms,
+            OwnerKind::Job => live.record.started_ms,
+        };
+        let healthy_for =
+            healthy_since.map(|since| Duration::from_millis((now - since).max(0) as u64));
+        match owner.kind {
+            OwnerKind::Service => {
+                self.after_service_exit(&owner, &live, status, stopped_by_us, healthy_for)
+            }
+            OwnerKind::Job => self.after_job_exit(&owner, live, status, stopped_by_us),
+        }
+    }
+
+    fn after_service_exit(
+        &mut self,
+        owner: &RunOwner,
+        live: &LiveRun,
+        status: ExitStatus,
+        stopped_by_us: bool,
+        healthy_for: Option<Duration>,
+    ) {
+        let Some(service) = self.services.get_mut(&owner.name) else {
+            return;
+        };
+        if stopped_by_us {
+            // A replica Flowers (or a user) stopped is simply replaced, with no penalty.
+            return;
+        }
+        service.last_exit = Some(format!("{} exited {status}", live.record.id));
+        let restart = match service.spec.restart.policy {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !status.success() || live.stop.is_some(),
+            RestartPolicy::Never => false,
+        };
+        if !restart {
+            service.finished_slots.insert(owner.replica);
+            return;
+        }
+        let restart_spec = service.spec.restart.clone();
+        if healthy_for.is_some_and(|d| d >= restart_spec.healthy_after) {
+            service.failures = 0;
+        }
+        service.failures += 1;
+        let failures = service.failures;
+        if failures >= restart_spec.crash_loop_after {
+            service.crash_loop = true;
+            self.save_owner_state(owner.name.as_str(), OwnerKind::Service, failures, true);
+            self.emit(
+                NewEvent::new(
+                    EventKind::CrashLoopEntered,
+                    format!(
+                        "failed {failures} times in a row; not restarting until cleared with `flowers reset {}`",
+                        owner.name
+                    ),
+                )
+                .owner(&owner.name),
+            );
+            // The other replicas are left as they are: they may still be serving.
+            return;
+        }
+        let delay = restart_spec.backoff(failures);
+        service.backoff_until = Some(Instant::now() + delay);
+        self.save_owner_state(owner.name.as_str(), OwnerKind::Service, failures, false);
+        self.schedule_backoff(delay);
+        self.emit(
+            NewEvent::new(
+                EventKind::RunRestartScheduled,
+                format!(
+                    "restarting in {} (failure {failures} of {} before crash loop)",
+                    humantime_secs(delay),
+                    restart_spec.crash_loop_after
+                ),
+            )
+            .owner(&owner.name)
+            .run(&live.record.id),
+        );
+    }
+
+    fn after_job_exit(
+        &mut self,
+        owner: &RunOwner,
+        live: LiveRun,
+        status: ExitStatus,
+        stopped_by_us: bool,
+    ) {
+        let Some(job) = self.jobs.get_mut(&owner.name) else {
+            return;
+        };
+        let run_id = live.record.id.clone();
+        job.last_run = Some(live.record);
+        if stopped_by_us {
+            job.outcome = JobOutcome::Stopped;
+            return;
+        }
+        if status.success() {
+            job.outcome = JobOutcome::Succeeded;
+            job.failures = 0;
+            self.save_owner_state(owner.name.as_str(), OwnerKind::Job, 0, false);
+            self.emit(
+                NewEvent::new(EventKind::JobSucceeded, format!("finished {status}"))
+                    .owner(&owner.name)
+                    .run(&run_id),
+            );
+            return;
+        }
+        job.failures += 1;
+        let failures = job.failures;
+        let limit = job.spec.restart_limit;
+        if failures > limit {
+            let reason = format!("failed {failures} time(s), restart limit {limit}: last {status}");
+            job.outcome = JobOutcome::Failed(reason.clone());
+            self.save_owner_state(owner.name.as_str(), OwnerKind::Job, failures, false);
+            self.emit(
+                NewEvent::new(EventKind::JobFailed, reason)
+                    .owner(&owner.name)
+                    .run(&run_id),
+            );
+            return;
+        }
+        let delay = job
+            .spec
+            .restart_backoff
+            .saturating_mul(1u32 << (failures - 1).min(16));
+        job.backoff_until = Some(Instant::now() + delay);
+        self.save_owner_state(owner.name.as_str(), OwnerKind::Job, failures, false);
+        self.schedule_backoff(delay);
+        self.emit(
+            NewEvent::new(
+                EventKind::RunRestartScheduled,
+                format!(
+                    "restarting in {} (restart {failures} of {limit})",
+                    humantime_secs(delay)
+                ),
+            )
+            .owner(&owner.name)
+            .run(&run_id),
+        );
+    }
+
+    fn schedule_backoff(&self, delay: Duration) {
+        let inputs = self.inputs.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = inputs.send(Input::BackoffElapsed);
+        });
+    }
+
+    fn save_owner_state(&self, name: &str, kind: OwnerKind, failures: u32, crash_loop: bool) {
+        let state = OwnerState {
+            name: name.to_string(),
+            kind,
+            consecutive_failures: failures,
+            crash_loop,
+            updated_ms: now_ms(),
+        };
+        if let Err(error) = self.store.put_owner_state(&state) {
+            tracing::error!(%error, owner = name, "could not save restart state");
+        }
+    }
+
+    /// Asks the scheduler for a plan over what should run but does not, and carries it out.
+    async fn reconcile(&mut self) {
+        if self.shutdown_replies.is_some() {
+            return;
+        }
+        let now = Instant::now();
+
+        // Replicas beyond the configured count are stopped.
+        let extra: Vec<RunId> = self
+            .runs
+            .values()
+            .filter(|live| live.stop.is_none() && live.record.owner.kind == OwnerKind::Service)
+            .filter(|live| {
+                self.services
+                    .get(&live.record.owner.name)
+                    .is_none_or(|s| live.record.owner.replica >= s.spec.replicas)
+            })
+            .map(|live| live.record.id.clone())
+            .collect();
+        for id in extra {
+            self.begin_stop(&id, StopCause::ScaleDown);
+        }
+
+        let mut requests = Vec::new();
+        for (name, service) in &self.services {
+            if service.crash_loop || service.backoff_until.is_some_and(|t| t > now) {
+                continue;
+            }
+            for replica in 0..service.spec.replicas {
+                let running = self.runs.values().any(|live| {
+                    live.record.owner.kind == OwnerKind::Service
+                        && &live.record.owner.name == name
+                        && live.record.owner.replica == replica
+                });
+                if !running && !service.finished_slots.contains(&replica) {
+                    requests.push(Request {
+                        key: Key::Replica(name.clone(), replica),
+                        resources: service.spec.resources.clone(),
+                        class: RequestClass::Service,
+                    });
+                }
+            }
+        }
+        for (name, job) in &self.jobs {
+            if job.outcome != JobOutcome::Active || job.backoff_until.is_some_and(|t| t > now) {
+                continue;
+            }
+            let running = self.runs.values().any(|live| {
+                live.record.owner.kind == OwnerKind::Job && &live.record.owner.name == name
+            });
+            if !running {
+                requests.push(Request {
+                    key: Key::Job(name.clone()),
+                    resources: job.spec.resources.clone(),
+                    class: RequestClass::Job {
+                        priority: job.spec.priority,
+                    },
+                });
+            }
+        }
+        let allocations = self
+            .runs
+            .values()
+            .filter_map(|live| {
+                live.record.device.clone().map(|device| Allocation {
+                    device,
+                    vram: live.record.vram_reserved,
+                    holder: live.record.id.to_string(),
+                })
+            })
+            .collect();
+        let plan = scheduler::plan(&Snapshot {
+            devices: self.desired_devices.clone(),
+            allocations,
+            requests,
+        });
+
+        let mut still_waiting: HashSet<Name> = HashSet::new();
+        for waiting in plan.waiting {
+            let name = match &waiting.key {
+                Key::Replica(name, _) | Key::Job(name) => name.clone(),
+            };
+            still_waiting.insert(name.clone());
+            let previous = match &waiting.key {
+                Key::Replica(..) => self.services.get_mut(&name).map(|s| &mut s.waiting),
+                Key::Job(_) => self.jobs.get_mut(&name).map(|j| &mut j.waiting),
+            };
+            if let Some(slot) = previous {
+                if slot.as_deref() != Some(waiting.reason.as_str()) {
+                    *slot = Some(waiting.reason.clone());
+                    self.emit(
+                        NewEvent::new(
+                            EventKind::PlacementFailed,
+                            format!("could not place: {}", waiting.reason),
+                        )
+                        .owner(&name),
+                    );
+                }
+            }
+        }
+        for (name, service) in self.services.iter_mut() {
+            if !still_waiting.contains(name) {
+                service.waiting = None;
+            }
+        }
+        for (name, job) in self.jobs.iter_mut() {
+            if !still_waiting.contains(name) {
+                job.waiting = None;
+            }
+        }
+        for placement in plan.placements {
+            self.start_run(placement.key, placement.device, placement.vram)
+                .await;
+        }
+    }
+
+    async fn start_run(&mut self, key: Key, device: Option<DeviceId>, vram: Option<ByteSize>) {
+        let (owner, hash, command, workdir, spec_env, stop_grace, probe) = match &key {
+            Key::Replica(name, replica) => {
+                let service = &self.services[name];
+                (
+                    RunOwner {
+                        kind: OwnerKind::Service,
+                        name: name.clone(),
+                        replica: *replica,
+                    },
+                    service.hash.clone(),
+                    service.spec.command.clone(),
+                    service.spec.workdir.clone(),
+                    service.spec.env.clone(),
+                    service.spec.stop_grace,
+                    Some(service.spec.probe.clone()),
+                )
+            }
+            Key::Job(name) => {
+                let job = &self.jobs[name];
+                (
+                    RunOwner {
+                        kind: OwnerKind::Job,
+                        name: name.clone(),
+                        replica: 0,
+                    },
+                    job.hash.clone(),
+                    job.spec.command.clone(),
+                    job.spec.workdir.clone(),
+                    job.spec.env.clone(),
+                    job.spec.stop_grace,
+                    None,
+                )
+            }
+        };
+        let attempt = match &key {
+            Key::Replica(name, _) => self.services[name].failures,
+            Key::Job(name) => self.jobs[name].failures,
+        };
+        let taken: HashSet<u16> = self
+            .runs
+            .values()
+            .filter_map(|live| live.record.port)
+            .collect();
+        let port = match supervisor::pick_free_port(&taken) {
+            Ok(port) => port,
+            Err(error) => {
+                tracing::error!(%error, "no free port for a new run");
+                self.emit(
+                    NewEvent::new(
+                        EventKind::PlacementFailed,
+                        format!("could not start: no free TCP port on 127.0.0.1: {error}"),
+                    )
+                    .owner(&owner.name),
+                );
+                return;
+            }
+        };
+        let record = match self.store.insert_run(&NewRun {
+            owner: owner.clone(),
+            device: device.clone(),
+            vram_reserved: vram,
+            port: Some(port),
+            spec_hash: hash,
+            run_dir: self.settings.data_dir.join("runs"),
+            attempt,
+        }) {
+            Ok(record) => record,
+            Err(error) => {
+                tracing::error!(%error, "could not record a new run; not starting it");
+                return;
+            }
+        };
+        let run_id = record.id.clone();
+        let dir = run_dir(&self.settings.data_dir, &run_id);
+        let owner_data = self
+            .settings
+            .data_dir
+            .join("data")
+            .join(owner.name.as_str());
+        if let Err(error) =
+            std::fs::create_dir_all(&dir).and_then(|_| std::fs::create_dir_all(&owner_data))
+        {
+            tracing::error!(%error, "could not create the run's directories");
+        }
+        self.update_run(
+            &run_id,
+            RunUpdate {
+                run_dir: Some(dir.clone()),
+                ..RunUpdate::default()
+            },
+        );
+
+        let (device_label, cuda) = match &device {
+            Some(id) => {
+                let uuid = self
+                    .desired_devices
+                    .iter()
+                    .find(|d| &d.id == id)
+                    .and_then(|d| d.uuid.clone())
+                    .unwrap_or_default();
+                (id.to_string(), uuid)
+            }
+            None => ("none".to_string(), String::new()),
+        };
+        let mut env: Vec<(String, String)> = spec_env.into_iter().collect();
+        env.extend([
+            ("FLOWERS_PORT".to_string(), port.to_string()),
+            ("FLOWERS_RUN_ID".to_string(), run_id.to_string()),
+            ("FLOWERS_DEVICE".to_string(), device_label.clone()),
+            // Empty on a CPU slot (or no device) so frameworks do not grab a GPU.
+            ("CUDA_VISIBLE_DEVICES".to_string(), cuda),
+            (
+                "FLOWERS_DATA_DIR".to_string(),
+                owner_data.to_string_lossy().into_owned(),
+            ),
+            (
+                "FLOWERS_CONTROL_URL".to_string(),
+                self.settings.control_url.clone(),
+            ),
+            (
+                match owner.kind {
+                    OwnerKind::Service => "FLOWERS_SERVICE",
+                    OwnerKind::Job => "FLOWERS_JOB",
+                }
+                .to_string(),
+                owner.name.to_string(),
+            ),
+            ("FLOWERS_REPLICA".to_string(), owner.replica.to_string()),
+        ]);
+        let launch = LaunchSpec {
+            run_id: run_id.to_string(),
+            command,
+            workdir,
+            env,
+            run_dir: dir,
+            log_max_bytes: self.settings.log_max_bytes,
+            log_keep: self.settings.log_keep,
+        };
+        let mut live = LiveRun {
+            record,
+            handle: None,
+            stop_grace,
+            probe: None,
+            stop: None,
+        };
+        live.record.run_dir = launch.run_dir.clone();
+        match self.supervisor.spawn(&launch).await {
+            Ok(process) => {
+                let handle = process.handle();
+                let now = now_ms();
+                let state = if owner.kind == OwnerKind::Service {
+                    RunState::Starting
+                } else {
+                    RunState::Running
+                };
+                let update = RunUpdate {
+                    state: Some(state),
+                    pid: Some(handle.pid),
+                    pid_start_ticks: Some(handle.start_ticks),
+                    child_pid: process.child_pid(),
+                    started_ms: Some(now),
+                    ..RunUpdate::default()
+                };
+                self.update_run(&run_id, update);
+                live.record.state = state;
+                live.record.pid = Some(handle.pid);
+                live.record.pid_start_ticks = Some(handle.start_ticks);
+                live.record.child_pid = process.child_pid();
+                live.record.started_ms = Some(now);
+                live.handle = Some(handle);
+                self.spawn_waiter(run_id.clone(), process);
+                if let Some(probe) = probe {
+                    live.probe = Some(self.spawn_probe(run_id.clone(), port, probe, false));
+                }
+                let vram_text = vram.map(|v| format!(", {v} VRAM")).unwrap_or_default();
+                self.emit(
+                    NewEvent::new(
+                        EventKind::RunStarted,
+                        format!(
+                            "started on {device_label}{vram_text} (pid {}, port {port})",
+                            handle.pid
+                        ),
+                    )
+                    .owner(&owner.name)
+                    .run(&run_id)
+                    .device(&device_label),
+                );
+                if let Key::Job(name) = &key {
+                    if let Some(job) = self.jobs.get_mut(name) {
+                        job.last_run = Some(live.record.clone());
+                    }
+                }
+                self.runs.insert(run_id, live);
+            }
+            Err(error) => {
+                // Handled as an exit so restart policy and crash-loop accounting apply.
+                self.emit(
+                    NewEvent::new(EventKind::RunStarted, format!("could not start: {error}"))
+                        .owner(&owner.name)
+                        .run(&run_id),
+                );
+                self.runs.insert(run_id.clone(), live);
+                let _ = self.inputs.send(Input::RunExited {
+                    run: run_id,
+                    status: ExitStatus::exited(127),
+                });
+            }
+        }
+    }
+
+    fn spawn_waiter(&self, run: RunId, mut process: supervisor::RunProcess) {
+        let inputs = self.inputs.clone();
+        tokio::spawn(async move {
+            let status = process.wait().await;
+            let _ = inputs.send(Input::RunExited { run, status });
+        });
+    }
+
+    fn spawn_probe(
+        &self,
+        run: RunId,
+        port: u16,
+        probe: ProbeSpec,
+        already_ready: bool,
+    ) -> AbortHandle {
+        let inputs = self.inputs.clone();
+        tokio::spawn(probe_loop(inputs, run, port, probe, already_ready)).abort_handle()
+    }
+
+    fn begin_stop(&mut self, run: &RunId, cause: StopCause) {
+        let Some(live) = self.runs.get_mut(run) else {
+            return;
+        };
+        if live.stop.is_some() {
+            return;
+        }
+        if let Some(probe) = live.probe.take() {
+            probe.abort();
+        }
+        let grace = live.stop_grace;
+        let message = format!(
+            "stopping: {} (SIGTERM, SIGKILL after {})",
+            cause.describe(),
+            humantime_secs(grace)
+        );
+        live.stop = Some(cause);
+        live.record.state = RunState::Stopping;
+        let owner = live.record.owner.name.clone();
+        let handle = live.handle;
+        self.update_run(
+            run,
+            RunUpdate {
+                state: Some(RunState::Stopping),
+                ..RunUpdate::default()
+            },
+        );
+        self.emit(
+            NewEvent::new(EventKind::RunStopping, message)
+                .owner(&owner)
+                .run(run),
+        );
+        match handle {
+            Some(handle) => {
+                tokio::spawn(async move {
+                    supervisor::stop_group(handle, grace).await;
+                });
+            }
+            None => {
+                // Never got a process: nothing to signal, it has ended already.
+                let _ = self.inputs.send(Input::RunExited {
+                    run: run.clone(),
+                    status: ExitStatus::exited(127),
+                });
+            }
+        }
+    }
+
+    fn update_run(&self, run: &RunId, update: RunUpdate) {
+        if let Err(error) = self.store.update_run(run, &update) {
+            tracing::error!(%error, %run, "could not update the run's record");
+        }
+    }
+
+    fn emit(&self, event: NewEvent) {
+        match self.store.append_event(&event) {
+            Ok(event) => {
+                tracing::info!(kind = event.kind.as_str(), owner = ?event.owner, run = ?event.run, "{}", event.message);
+                let _ = self.events.send(event);
+            }
+            Err(error) => {
+                tracing::error!(%error, message = %event.message, "could not record an event")
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let now = Instant::now();
+        let runs: Vec<RunRecord> = self.runs.values().map(|live| live.record.clone()).collect();
+        let services = self
+            .services
+            .iter()
+            .map(|(name, service)| {
+                let mine: Vec<&RunRecord> = runs
+                    .iter()
+                    .filter(|r| r.owner.kind == OwnerKind::Service && &r.owner.name == name)
+                    .collect();
+                let ready = mine.iter().filter(|r| r.state == RunState::Ready).count() as u32;
+                let wanted = service.spec.replicas;
+                let (status, reason) = if service.crash_loop {
+                    (
+                        OwnerStatus::CrashLoop,
+                        Some(format!(
+                            "failed {} times in a row{}; clear with `flowers reset {name}`",
+                            service.failures,
+                            service
+                                .last_exit
+                                .as_ref()
+                                .map(|e| format!(" (last: {e})"))
+                                .unwrap_or_default()
+                        )),
+                    )
+                } else if wanted == 0 {
+                    (OwnerStatus::Stopped, None)
+                } else if ready >= wanted {
+                    (OwnerStatus::Running, None)
+                } else if let Some(reason) = &service.waiting {
+                    (OwnerStatus::Waiting, Some(reason.clone()))
+                } else if let Some(until) = service.backoff_until.filter(|t| *t > now) {
+                    (
+                        OwnerStatus::Restarting,
+                        Some(format!(
+                            "restarting in {}{}",
+                            humantime_secs(until - now),
+                            service
+                                .last_exit
+                                .as_ref()
+                                .map(|e| format!(" after {e}"))
+                                .unwrap_or_default()
+                        )),
+                    )
+                } else if mine.is_empty() && service.finished_slots.len() as u32 >= wanted {
+                    (
+                        OwnerStatus::Stopped,
+                        Some(
+                            "every replica ended and its restart policy says not to restart".into(),
+                        ),
+                    )
+                } else if ready > 0 {
+                    (OwnerStatus::Degraded, None)
+                } else {
+                    (OwnerStatus::Starting, None)
+                };
+                ServiceView {
+                    spec: service.spec.clone(),
+                    status,
+                    reason,
+                    ready,
+                    consecutive_failures: service.failures,
+                }
+            })
+            .collect();
+        let jobs = self
+            .jobs
+            .iter()
+            .map(|(name, job)| {
+                let live = runs
+                    .iter()
+                    .find(|r| r.owner.kind == OwnerKind::Job && &r.owner.name == name);
+                let (status, reason) = match (live, &job.outcome) {
+                    (Some(run), _) if run.state == RunState::Stopping => {
+                        (OwnerStatus::Stopping, None)
+                    }
+                    (Some(_), _) => (OwnerStatus::Running, None),
+                    (None, JobOutcome::Active) => {
+                        if let Some(reason) = &job.waiting {
+                            (OwnerStatus::Waiting, Some(reason.clone()))
+                        } else if let Some(until) = job.backoff_until.filter(|t| *t > now) {
+                            (
+                                OwnerStatus::Restarting,
+                                Some(format!("restarting in {}", humantime_secs(until - now))),
+                            )
+                        } else {
+                            (OwnerStatus::Starting, None)
+                        }
+                    }
+                    (None, JobOutcome::Idle) => (OwnerStatus::Idle, None),
+                    (None, JobOutcome::Succeeded) => (OwnerStatus::Succeeded, None),
+                    (None, JobOutcome::Failed(reason)) => {
+                        (OwnerStatus::Failed, Some(reason.clone()))
+                    }
+                    (None, JobOutcome::Stopped) => (OwnerStatus::Stopped, None),
+                };
+                JobView {
+                    spec: job.spec.clone(),
+                    status,
+                    reason,
+                    last_run: live.cloned().or_else(|| job.last_run.clone()),
+                }
+            })
+            .collect();
+        self.view.send_replace(Arc::new(View {
+            started_ms: self.started_ms,
+            devices: self.desired_devices.clone(),
+            gpu_status: self.gpu_status.clone(),
+            services,
+            jobs,
+            runs,
+            shutting_down: self.shutdown_replies.is_some(),
+        }));
+    }
+}
+
+/// Readiness first (until the start timeout), then liveness for as long as the Run lives.
+async fn probe_loop(
+    inputs: mpsc::UnboundedSender<Input>,
+    run: RunId,
+    port: u16,
+    probe: ProbeSpec,
+    already_ready: bool,
+) {
+    if !already_ready {
+        let deadline = Instant::now() + probe.start_timeout;
+        loop {
+            let last_error = match supervisor::probe_http(port, &probe.path, probe.timeout).await {
+                Ok(()) => {
+                    let _ = inputs.send(Input::ProbePassed { run: run.clone() });
+                    break;
+                }
+                Err(reason) => reason,
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                let _ = inputs.send(Input::StartTimedOut {
+                    run,
+                    reason: format!(
+                        "not ready after {}: GET {} {last_error}",
+                        humantime_secs(probe.start_timeout),
+                        probe.path
+                    ),
+                });
+                return;
+            }
+            tokio::time::sleep(probe.interval.min(deadline - now)).await;
+        }
+    }
+    let mut failures = 0;
+    loop {
+        tokio::time::sleep(probe.interval).await;
+        match supervisor::probe_http(port, &probe.path, probe.timeout).await {
+            Ok(()) => failures = 0,
+            Err(reason) => {
+                failures += 1;
+                if failures >= probe.failure_threshold {
+                    let _ = inputs.send(Input::RunUnhealthy {
+                        run,
+                        reason: format!(
+                            "failed its probe {failures} times in a row: GET {} {reason}",
+                            probe.path
+                        ),
+                    });
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// `4s`, `1.5s`, `2m`: short and exact enough for messages.
+fn humantime_secs(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis.is_multiple_of(1000) {
+        let secs = millis / 1000;
+        if secs >= 60 && secs.is_multiple_of(60) {
+            format!("{}m", secs / 60)
+        } else {
+            format!("{secs}s")
+        }
+    } else if millis < 1000 {
+        format!("{millis}ms")
+    } else {
+        format!("{:.1}s", duration.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_shortly() {
+        assert_eq!(humantime_secs(Duration::from_secs(4)), "4s");
+        assert_eq!(humantime_secs(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(humantime_secs(Duration::from_millis(250)), "250ms");
+        assert_eq!(humantime_secs(Duration::from_secs(120)), "2m");
+    }
+
+    #[test]
+    fn spec_hash_ignores_replicas_but_not_the_command() {
+        let mut spec = ServiceSpec {
+            name: Name::new("web").unwrap(),
+            command: vec!["a".into()],
+            workdir: None,
+            env: Default::default(),
+            replicas: 1,
+            resources: Default::default(),
+            probe: Default::default(),
+            restart: Default::default(),
+            stop_grace: Duration::from_secs(1),
+            routes: vec![],
+            model: None,
+        };
+        let first = spec_hash(&spec);
+        spec.replicas = 3;
+        assert_eq!(spec_hash(&spec), first);
+        spec.command = vec!["b".into()];
+        assert_ne!(spec_hash(&spec), first);
+    }
+}

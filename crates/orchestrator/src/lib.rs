@@ -1,0 +1,175 @@
+//! The orchestrator: Flowers' one event loop. It owns the live state of services, jobs and
+//! Runs, asks the pure scheduler for a plan whenever something changes, and carries the plan
+//! out through the supervisor, recording every Run in the store and every happening as an
+//! Event.
+//!
+//! Every trigger of work arrives as one [`Input`] on one channel (a process exited, a probe
+//! passed, a backoff elapsed, a user asked), so what can happen is visible in one place and
+//! handled one at a time. Other crates talk to it only through a [`Handle`]: commands in,
+//! a published [`View`] and a broadcast of [`domain::Event`]s out. It never serves HTTP,
+//! never parses configuration and never talks to NVML; it is handed specs and devices.
+
+mod engine;
+mod view;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use domain::{Device, Event, JobSpec, Name, RunId, ServiceSpec};
+use store::Store;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+pub use view::{JobView, OwnerStatus, ServiceView, View};
+
+/// What the orchestrator needs to know about its surroundings, decided by the binary.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    /// Given to every Run as `FLOWERS_CONTROL_URL`.
+    pub control_url: String,
+    pub log_max_bytes: u64,
+    pub log_keep: u32,
+    /// Program and leading arguments that start the supervisor's monitor process.
+    pub monitor_command: Vec<OsString>,
+}
+
+/// The declared world: what should run, and on what.
+#[derive(Clone, Debug, Default)]
+pub struct Desired {
+    pub services: BTreeMap<Name, ServiceSpec>,
+    pub jobs: BTreeMap<Name, JobSpec>,
+    pub devices: Vec<Device>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no service or job is named {0:?}")]
+    UnknownOwner(String),
+    #[error("no job is named {0:?}")]
+    UnknownJob(String),
+    #[error("no run is named {0:?}")]
+    UnknownRun(String),
+    #[error("run {0} has already ended")]
+    RunEnded(String),
+    #[error("job {0} is already running (run {1}); stop it first with `flowers stop {1}`")]
+    JobAlreadyRunning(String, String),
+    #[error("Flowers is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+/// A request from outside the loop, answered on its oneshot.
+pub(crate) enum Command {
+    StartJob {
+        name: String,
+        reply: oneshot::Sender<Result<String, Error>>,
+    },
+    StopRun {
+        run: RunId,
+        reply: oneshot::Sender<Result<String, Error>>,
+    },
+    Reset {
+        name: String,
+        reply: oneshot::Sender<Result<String, Error>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The only way into the orchestrator from other tasks. Cheap to clone.
+#[derive(Clone)]
+pub struct Handle {
+    commands: mpsc::Sender<engine::Input>,
+    view: watch::Receiver<Arc<View>>,
+    events: broadcast::Sender<Event>,
+    store: Store,
+}
+
+impl Handle {
+    /// The latest published state; cheap, never blocks on the loop.
+    pub fn view(&self) -> Arc<View> {
+        self.view.borrow().clone()
+    }
+
+    /// Waits for the next change of the published state.
+    pub fn view_updates(&self) -> watch::Receiver<Arc<View>> {
+        self.view.clone()
+    }
+
+    /// Events as they are recorded. Subscribe first, then read the backlog from the store,
+    /// and skip ids already seen, to miss nothing.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Starts a Run of the job; answers with the reason or the run id once placed or queued.
+    pub async fn start_job(&self, name: &str) -> Result<String, Error> {
+        self.ask(|reply| Command::StartJob {
+            name: name.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    /// Stops a Run gracefully. A service replica is replaced; a job is not restarted.
+    pub async fn stop_run(&self, run: &RunId) -> Result<String, Error> {
+        self.ask(|reply| Command::StopRun {
+            run: run.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Clears a service's crash loop or a job's failed state so Flowers tries again.
+    pub async fn reset(&self, name: &str) -> Result<String, Error> {
+        self.ask(|reply| Command::Reset {
+            name: name.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    /// Stops every Run gracefully and ends the loop. Returns when all are gone.
+    pub async fn shutdown(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(engine::Input::Command(Command::Shutdown { reply }))
+            .await
+            .is_ok()
+        {
+            let _ = answer.await;
+        }
+    }
+
+    async fn ask(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<String, Error>>) -> Command,
+    ) -> Result<String, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(engine::Input::Command(make(reply)))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+}
+
+/// Opens the loop: re-adopts or cleans up the Runs an earlier Flowers left behind, starts
+/// what the desired state asks for, and returns a handle plus the loop's task.
+pub async fn start(
+    settings: Settings,
+    desired: Desired,
+    store: Store,
+    gpu_status: String,
+) -> Result<(Handle, tokio::task::JoinHandle<()>), Error> {
+    engine::start(settings, desired, store, gpu_status).await
+}

@@ -1,0 +1,127 @@
+//! Reading `/proc`: start times guard against pid reuse, process groups say what a Run left
+//! behind. Everything here tolerates processes vanishing between two reads.
+
+use std::fs;
+
+use crate::ProcessHandle;
+
+/// The fields of `/proc/PID/stat` this crate needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ProcStat {
+    pub state: char,
+    pub ppid: u32,
+    pub pgid: u32,
+    pub start_ticks: u64,
+}
+
+impl ProcStat {
+    /// A zombie (`Z`) or dead (`X`) entry no longer runs anything; only its parent's reaping
+    /// is missing.
+    pub fn is_dead(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// Parses one `/proc/PID/stat` line. The command name (field 2) sits in parentheses and may
+/// itself contain spaces and parentheses, so the fields are counted from the last `)`.
+pub(crate) fn parse_stat(line: &str) -> Option<ProcStat> {
+    let after_name = &line[line.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // `fields[0]` is field 3 of proc(5) (state), so field N is `fields[N - 3]`.
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        pgid: fields.get(2)?.parse().ok()?,
+        start_ticks: fields.get(19)?.parse().ok()?,
+    })
+}
+
+pub(crate) fn read_stat(pid: u32) -> Option<ProcStat> {
+    if pid == 0 {
+        return None;
+    }
+    let line = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&line)
+}
+
+/// When the process started, in clock ticks after boot (`/proc/PID/stat` field 22); `None` when
+/// there is no such process.
+pub fn process_start_ticks(pid: u32) -> Option<u64> {
+    read_stat(pid).map(|stat| stat.start_ticks)
+}
+
+/// Whether the process of `handle` still runs: the pid exists, is not a zombie, and is the same
+/// process (same start time) rather than a newcomer that was handed a recycled pid.
+pub fn is_alive(handle: ProcessHandle) -> bool {
+    read_stat(handle.pid)
+        .is_some_and(|stat| !stat.is_dead() && stat.start_ticks == handle.start_ticks)
+}
+
+/// Live (non-zombie) processes whose process group is `pgid`, in ascending pid order.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    all_processes()
+        .into_iter()
+        .filter(|(_, stat)| stat.pgid == pgid && !stat.is_dead())
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+fn all_processes() -> Vec<(u32, ProcStat)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut processes: Vec<(u32, ProcStat)> = entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, read_stat(pid)?)))
+        .collect();
+    processes.sort_by_key(|(pid, _)| *pid);
+    processes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_name_with_spaces_and_parentheses() {
+        let line = "4242 (my (odd) name) S 1 4240 4240 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 \
+                    987654 1000 100 18446744073709551615";
+        let stat = parse_stat(line).unwrap();
+        assert_eq!(
+            stat,
+            ProcStat {
+                state: 'S',
+                ppid: 1,
+                pgid: 4240,
+                start_ticks: 987654
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_a_truncated_line() {
+        assert_eq!(parse_stat("12 (sh) S 1 12"), None);
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_wrong_start_time_is_not() {
+        let pid = std::process::id();
+        let start_ticks = process_start_ticks(pid).unwrap();
+        assert!(is_alive(ProcessHandle { pid, start_ticks }));
+        assert!(!is_alive(ProcessHandle {
+            pid,
+            start_ticks: start_ticks + 1
+        }));
+        assert!(!is_alive(ProcessHandle {
+            pid: 0,
+            start_ticks
+        }));
+    }
+
+    #[test]
+    fn this_process_is_in_its_own_group_listing() {
+        let pgid = nix::unistd::getpgrp().as_raw() as u32;
+        assert!(group_members(pgid).contains(&std::process::id()));
+    }
+}
