@@ -160,6 +160,15 @@ impl Supervisor {
                 run_id: spec.run_id.clone(),
             })?;
         tracing::debug!(run_id = %spec.run_id, pid, "monitor started");
+        // The monitor writes child.pid right after it forks the command; wait for it (briefly)
+        // so callers can record the command's pid with the Run.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while read_child_pid(&spec.run_dir).is_none()
+            && !spec.run_dir.join(EXIT_FILE).exists()
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
         Ok(RunProcess {
             handle: ProcessHandle { pid, start_ticks },
             run_dir: spec.run_dir.clone(),

@@ -1,1 +1,13 @@
+//! Integration tests: the real `flowers` binary with CPU slots and a small real workload
+//! (`workload.py`, an HTTP server), on loopback, on free ports.
 
+mod support;
+
+mod adoption;
+mod api;
+mod cli;
+mod config_errors;
+mod devices;
+mod jobs;
+mod lifecycle;
+mod logs;
