@@ -69,7 +69,7 @@ pub struct RestartSpec {
     #[serde(with = "humantime_serde")]
     pub backoff_max: Duration,
     /// After this many consecutive failures the owner enters the crash-loop state and is not
-    /// restarted until a user clears it (`flowers restart NAME`).
+    /// restarted until a user clears it (`flowers reset NAME`).
     pub crash_loop_after: u32,
     /// A Run that stays up (and ready, for a service) this long resets the failure count.
     #[serde(with = "humantime_serde")]
