@@ -288,18 +288,29 @@ impl Engine {
             limit: None,
         })?;
         for record in previous.into_iter().rev() {
-            let handle = match (record.pid, record.pid_start_ticks) {
-                (Some(pid), Some(start_ticks)) => ProcessHandle { pid, start_ticks },
-                _ => {
-                    self.close_dead_run(
-                        record,
-                        None,
-                        "Flowers stopped before the process was started".into(),
-                    );
-                    continue;
-                }
+            // The directory follows from the id; the recorded path may predate knowing the id.
+            let dir = run_dir(&self.settings.data_dir, &record.id);
+            let (handle, verdict) = match (record.pid, record.pid_start_ticks) {
+                (Some(pid), Some(start_ticks)) => (
+                    ProcessHandle { pid, start_ticks },
+                    self.still_wanted(&record),
+                ),
+                _ => match supervisor::unrecorded_group(&dir) {
+                    // Flowers died between starting the monitor and recording its pid.
+                    Some(handle) => (
+                        handle,
+                        Err("Flowers stopped before recording its process".to_string()),
+                    ),
+                    None => {
+                        self.close_dead_run(
+                            record,
+                            None,
+                            "Flowers stopped before the process was started".into(),
+                        );
+                        continue;
+                    }
+                },
             };
-            let dir = record.run_dir.clone();
             let process = match self.supervisor.adopt(handle, &dir) {
                 Ok(Some(process)) => process,
                 Ok(None) => {
@@ -312,7 +323,6 @@ impl Engine {
                     continue;
                 }
             };
-            let verdict = self.still_wanted(&record);
             let stop_grace = self.stop_grace_of(&record.owner);
             let run_id = record.id.clone();
             self.spawn_waiter(run_id.clone(), process);

@@ -57,6 +57,19 @@ pub fn is_alive(handle: ProcessHandle) -> bool {
         .is_some_and(|stat| !stat.is_dead() && stat.start_ticks == handle.start_ticks)
 }
 
+/// The process group a monitor started for a Run whose monitor pid was never recorded (Flowers
+/// died between starting the monitor and writing its pid down): found through the command's
+/// pid in `RUN_DIR/child.pid`. `None` when that command no longer runs.
+pub fn unrecorded_group(run_dir: &std::path::Path) -> Option<ProcessHandle> {
+    let child = crate::run_files::read_child_pid(run_dir)?;
+    let stat = read_stat(child).filter(|stat| !stat.is_dead())?;
+    let leader = read_stat(stat.pgid).filter(|leader| !leader.is_dead())?;
+    Some(ProcessHandle {
+        pid: stat.pgid,
+        start_ticks: leader.start_ticks,
+    })
+}
+
 /// Live (non-zombie) processes whose process group is `pgid`, in ascending pid order.
 pub fn group_members(pgid: u32) -> Vec<u32> {
     all_processes()
@@ -102,6 +115,41 @@ mod tests {
     fn refuses_a_truncated_line() {
         assert_eq!(parse_stat("12 (sh) S 1 12"), None);
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn an_unrecorded_group_is_found_through_child_pid_until_it_ends() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        // A group leader (standing in for a monitor) with a child (standing in for the command).
+        let mut leader = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & echo $! > child.pid; wait"])
+            .current_dir(dir.path())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while crate::run_files::read_child_pid(dir.path()).is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child.pid never written"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let handle = unrecorded_group(dir.path()).expect("the group is found");
+        assert_eq!(handle.pid, leader.id());
+        assert!(is_alive(handle));
+        // SAFETY: signals a process group this test created.
+        unsafe { libc::kill(-(leader.id() as i32), libc::SIGKILL) };
+        leader.wait().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while unrecorded_group(dir.path()).is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the group outlived SIGKILL"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     #[test]
