@@ -11,3 +11,4 @@ mod devices;
 mod jobs;
 mod lifecycle;
 mod logs;
+mod tidy;
