@@ -754,3 +754,68 @@ fn the_embedded_default_documents_every_key() {
         }
     }
 }
+
+/// A stand-in for fuzzing (cargo fuzz needs a nightly toolchain this project does not have):
+/// any edit of a valid file, however mangled, gives a config or problems that point inside the
+/// file, and never a panic.
+mod mangled_input {
+    use super::*;
+
+    const VALID: &str = r#"[server]
+api_listen = "127.0.0.1:7070"
+[devices]
+cpu_slots = 2
+[logs]
+max_size = "10MiB"
+[services.web]
+command = ["python3", "app.py"]
+replicas = 2
+devices = 1
+vram = "2GiB"
+routes = [{ path = "/web" }]
+[services.web.probe]
+path = "/healthz"
+interval = "2s"
+[services.web.restart]
+policy = "on-failure"
+[jobs.train]
+command = ["python3", "train.py"]
+priority = 3
+"#;
+
+    fn check(text: &str) {
+        if let Err(error) = load(text) {
+            assert!(!error.problems.is_empty());
+            let lines = text.lines().count().max(1);
+            for problem in &error.problems {
+                assert_eq!(problem.origin, "flowers.toml");
+                if let Some(line) = problem.line {
+                    assert!(
+                        line >= 1 && line <= lines + 1,
+                        "{problem} in a {lines}-line file"
+                    );
+                }
+                assert!(!problem.message.is_empty());
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn edits_of_a_valid_file(position in 0usize..VALID.len(), cut in 0usize..40, insert in "\\PC{0,12}") {
+            let mut text = VALID.to_string();
+            let start = (0..=position).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            let end = (start + cut).min(text.len());
+            let end = (end..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+            text.replace_range(start..end, &insert);
+            check(&text);
+        }
+
+        #[test]
+        fn arbitrary_text(text in "\\PC{0,200}") {
+            check(&text);
+        }
+    }
+}
