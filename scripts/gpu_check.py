@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""End-to-end check of Flowers' GPU path on a machine with an NVIDIA GPU (see scripts/gpu-check).
+
+It starts the real `flowers` binary with no CPU slots, runs a service pinned to a GPU with a
+VRAM budget whose process allocates real CUDA memory with PyTorch, and checks, printing one
+table row per fact:
+
+  - detection: NVML found the GPU(s) (name, UUID, memory) and `flowers gpus` shows them;
+  - pinning: the Run got CUDA_VISIBLE_DEVICES = the GPU's UUID and PyTorch sees exactly it;
+  - accounting: the VRAM reservation beside what NVML reports the Run's process uses;
+  - adoption: after `kill -9` of Flowers, the restarted Flowers adopts the Run (same pid);
+  - release: after `flowers stop`, the process is gone from NVML and its memory is free.
+
+Standard library only, plus PyTorch inside the workload (skipped with a clear row if absent).
+Exit status 0 when every check passed, 1 otherwise, 2 when there is no GPU to check.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKLOAD = r'''
+import json, os, sys, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+info = {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}
+try:
+    import torch
+    info["torch"] = torch.__version__
+    info["cuda_available"] = torch.cuda.is_available()
+    if torch.cuda.is_available():
+        info["device_count"] = torch.cuda.device_count()
+        info["device_name"] = torch.cuda.get_device_name(0)
+        mib = int(os.environ.get("GPU_CHECK_MIB", "512"))
+        block = torch.empty(mib * 1024 * 1024, dtype=torch.uint8, device="cuda:0")
+        block.fill_(1)
+        torch.cuda.synchronize()
+        info["allocated_mib"] = mib
+except Exception as error:  # reported, not hidden
+    info["error"] = repr(error)
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+    def do_GET(self):
+        body = json.dumps(info).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+print("gpu workload ready:", json.dumps(info), flush=True)
+HTTPServer(("127.0.0.1", int(os.environ["FLOWERS_PORT"])), Handler).serve_forever()
+'''
+
+rows = []
+failed = False
+
+
+def row(check, ok, detail):
+    global failed
+    status = {True: "ok", False: "FAIL", None: "skip"}[ok]
+    if ok is False:
+        failed = True
+    rows.append((check, status, detail))
+    print(f"  {status:<4} {check}: {detail}", flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def wait_for(what, probe, seconds=90):
+    deadline = time.monotonic() + seconds
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+            if value:
+                return value
+        except Exception as error:
+            last = error
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out waiting for {what} (last error: {last})")
+
+
+def find_binary():
+    candidates = [
+        os.environ.get("FLOWERS_BIN"),
+        os.path.join(HERE, "..", ".gpu", "flowers"),
+        os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/flowers/target")), "release", "flowers"),
+    ]
+    for path in candidates:
+        if path and os.access(path, os.X_OK):
+            return os.path.abspath(path)
+    if shutil.which("cargo"):
+        subprocess.run(["cargo", "build", "--release", "-p", "flowers"], cwd=os.path.join(HERE, ".."), check=True)
+        return find_binary()
+    sys.exit("gpu-check: no flowers binary (set FLOWERS_BIN, or build one: cargo build --release -p flowers)")
+
+
+def main():
+    binary = find_binary()
+    work = tempfile.mkdtemp(prefix="flowers-gpu-check-")
+    api_port, gateway_port = free_port(), free_port()
+    api = f"http://127.0.0.1:{api_port}"
+    with open(os.path.join(work, "workload.py"), "w") as f:
+        f.write(WORKLOAD)
+    mib = int(os.environ.get("GPU_CHECK_MIB", "512"))
+    with open(os.path.join(work, "flowers.toml"), "w") as f:
+        f.write(f'''[server]
+api_listen = "127.0.0.1:{api_port}"
+gateway_listen = "127.0.0.1:{gateway_port}"
+data_dir = "data"
+[devices]
+cpu_slots = 0
+[services.gpu]
+command = ["{sys.executable}", "-u", "workload.py"]
+devices = 1
+vram = "1GiB"
+env = {{ GPU_CHECK_MIB = "{mib}" }}
+[services.gpu.probe]
+path = "/"
+interval = "200ms"
+start_timeout = "120s"
+''')
+    log = open(os.path.join(work, "flowers.log"), "ab")
+
+    def start():
+        return subprocess.Popen([binary, "up", "--config", "flowers.toml"], cwd=work, stdout=log, stderr=log)
+
+    def cli(*args):
+        out = subprocess.run([binary, "--api", api, *args], capture_output=True, text=True)
+        return out.stdout
+
+    flowers = start()
+    try:
+        wait_for("the control API", lambda: get(f"{api}/v1/status"))
+        devices = get(f"{api}/v1/devices")
+        gpus = [d for d in devices["devices"] if d["kind"] == "gpu"]
+        print(f"flowers gpus: {devices['gpu_status']}", flush=True)
+        if not gpus:
+            row("detection", None, f"no GPU: {devices['gpu_status']}")
+            return 2
+        row("detection", devices["gpu_source"] == "nvml",
+            "; ".join(f"{g['id']} {g['name']} {g['uuid']} {g['memory_total_bytes'] // 2**20} MiB" for g in gpus))
+        service = wait_for("the GPU service to be ready",
+                           lambda: (lambda s: s if s["ready_replicas"] == 1 else None)(get(f"{api}/v1/services/gpu")))
+        run = service["runs"][0]
+        device = next(g for g in gpus if g["id"] == run["device"])
+        info = get(f"http://127.0.0.1:{run['port']}/")
+        row("pinning", info.get("cuda_visible_devices") == device["uuid"],
+            f"run {run['id']} on {run['device']}: CUDA_VISIBLE_DEVICES={info.get('cuda_visible_devices')}, "
+            f"torch sees {info.get('device_count', '?')} device(s): {info.get('device_name', info.get('error', 'no torch'))}")
+        if "allocated_mib" not in info:
+            row("allocation", None, f"the workload could not allocate CUDA memory: {info.get('error', 'PyTorch without CUDA')}")
+        devices = get(f"{api}/v1/devices")
+        device = next(d for d in devices["devices"] if d["id"] == run["device"])
+        processes = device["telemetry"]["processes"] if device.get("telemetry") else []
+        mine = [p for p in processes if p.get("run") == run["id"]]
+        used = sum(p["memory_used_bytes"] or 0 for p in mine) // 2**20
+        row("accounting", bool(mine) or "allocated_mib" not in info,
+            f"reserved {device['allocated_vram_bytes'] // 2**20} MiB (budget 1024), NVML: run's processes use {used} MiB "
+            f"(torch allocated {info.get('allocated_mib', 0)} MiB), device used "
+            f"{(device['telemetry'] or {}).get('memory_used_bytes', 0) // 2**20} MiB")
+        print(cli("gpus"), flush=True)
+
+        flowers.send_signal(signal.SIGKILL)
+        flowers.wait()
+        flowers = start()
+        wait_for("the control API after kill -9", lambda: get(f"{api}/v1/status"))
+        again = wait_for("the adopted replica",
+                         lambda: (lambda s: s if s["ready_replicas"] == 1 else None)(get(f"{api}/v1/services/gpu")))
+        row("adoption", again["runs"][0]["id"] == run["id"] and again["runs"][0]["pid"] == run["pid"],
+            f"after kill -9: run {again['runs'][0]['id']} pid {again['runs'][0]['pid']} (before: {run['id']} pid {run['pid']})")
+
+        cli("stop", run["id"])
+        def released():
+            d = next(x for x in get(f"{api}/v1/devices")["devices"] if x["id"] == run["device"])
+            pids = [p["pid"] for p in (d["telemetry"] or {}).get("processes", [])]
+            return d if info.get("pid") not in pids else None
+        after = wait_for("the stopped run's memory to be released", released)
+        row("release", True,
+            f"after stop: {run['id']}'s process left NVML's list; device used "
+            f"{(after['telemetry'] or {}).get('memory_used_bytes', 0) // 2**20} MiB")
+    except Exception as error:
+        row("run", False, str(error))
+    finally:
+        if flowers.poll() is None:
+            flowers.send_signal(signal.SIGTERM)
+            try:
+                flowers.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                flowers.kill()
+        log.close()
+        out = os.environ.get("OUT")
+        if out:
+            shutil.copy(os.path.join(work, "flowers.log"), os.path.join(out, "flowers.log"))
+
+    print("\n| check | result | detail |\n| --- | --- | --- |")
+    for check, status, detail in rows:
+        print(f"| {check} | {status} | {detail} |")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
