@@ -74,10 +74,19 @@ fn no_stubs_or_debugging_leftovers() {
         for (number, line) in text.lines().enumerate() {
             for pattern in &banned {
                 if line.contains(pattern.as_str()) {
-                    found.push(format!("{}:{}: {}", file.display(), number + 1, line.trim()));
+                    found.push(format!(
+                        "{}:{}: {}",
+                        file.display(),
+                        number + 1,
+                        line.trim()
+                    ));
                 }
             }
         }
     }
-    assert!(found.is_empty(), "stubs or debugging left in:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "stubs or debugging left in:\n{}",
+        found.join("\n")
+    );
 }
