@@ -47,7 +47,8 @@ use crate::{convert, AppState};
         get_run,
         stop_run,
         run_logs,
-        events
+        events,
+        openapi
     ),
     components(schemas(
         ApiError,
@@ -108,6 +109,9 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiFailure {
     }
 }
 
+// Listed in its own document too: every route the router serves is described here.
+#[utoipa::path(get, path = "/v1/openapi.json",
+    responses((status = 200, description = "This OpenAPI document", content_type = "application/json", body = Object)))]
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
 }
@@ -288,11 +292,14 @@ async fn start_job(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<ActionResponse>), ApiFailure> {
-    let answer = state.orchestrator.start_job(&name).await?;
-    let (message, run) = if answer.starts_with("job ") {
-        (answer, None)
-    } else {
-        (format!("job {name} started as run {answer}"), Some(answer))
+    let (message, run) = match state.orchestrator.start_job(&name).await? {
+        orchestrator::JobStarted::Run(run) => (
+            format!("job {name} started as run {run}"),
+            Some(run.to_string()),
+        ),
+        orchestrator::JobStarted::Waiting(reason) => {
+            (format!("job {name} is waiting: {reason}"), None)
+        }
     };
     Ok((StatusCode::ACCEPTED, Json(ActionResponse { message, run })))
 }
@@ -418,29 +425,34 @@ async fn run_logs(
     let record = find_run(&state, &id).await?;
     let dir = record.run_dir.clone();
     let lines = q.tail.unwrap_or(200);
-    let head = {
+    let follow = q.follow.unwrap_or(false);
+    let read = {
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || {
-            if lines == 0 {
-                Ok(String::new())
+            if follow {
+                // One position for both, so that nothing written in between is lost.
+                supervisor::logs::tail_and_follow(dir, lines).map(|(head, rest)| (head, Some(rest)))
             } else {
-                supervisor::logs::tail(&dir, lines)
+                supervisor::logs::tail(&dir, lines).map(|head| (head, None))
             }
         })
         .await
         .map_err(ApiFailure::internal)?
     };
-    let head = match head {
-        Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+    let (head, rest) = match read {
+        Ok(read) => read,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => (String::new(), None),
         Err(error) => return Err(ApiFailure::internal(error)),
     };
     let text_plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
-    if !q.follow.unwrap_or(false) {
+    if !follow {
         return Ok((text_plain, head).into_response());
     }
     let first = futures::stream::once(async move { Ok::<_, std::io::Error>(head.into_bytes()) });
-    let rest = supervisor::logs::follow(dir, true);
+    let rest = match rest {
+        Some(rest) => rest.boxed(),
+        None => supervisor::logs::follow(dir, false).boxed(),
+    };
     let body = Body::from_stream(first.chain(rest));
     Ok((text_plain, body).into_response())
 }

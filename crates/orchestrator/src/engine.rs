@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
 use crate::view::{JobView, OwnerStatus, ServiceView, View};
-use crate::{Command, Desired, Error, Handle, Settings};
+use crate::{Command, Desired, Error, Handle, JobStarted, Settings};
 
 /// Everything that can make the orchestrator act. One closed set, handled one at a time.
 pub(crate) enum Input {
@@ -369,6 +369,11 @@ impl Engine {
     }
 
     fn still_wanted(&self, record: &RunRecord) -> Result<(), String> {
+        // A Run the earlier Flowers was stopping is stopped again: the SIGKILL that would have
+        // ended it after its grace period died with that Flowers.
+        if record.state == RunState::Stopping {
+            return Err("it was being stopped when Flowers went down".into());
+        }
         if let Some(device) = &record.device {
             if !self.desired_devices.iter().any(|d| &d.id == device) {
                 return Err(format!("its device {device} is gone"));
@@ -428,6 +433,34 @@ impl Engine {
                 .owner(&record.owner.name)
                 .run(&record.id),
         );
+        if record.owner.kind != OwnerKind::Job {
+            return;
+        }
+        // The job was loaded with this Run as its last one, still running: it must show how the
+        // Run ended, and an end with a known status counts as the job's attempt, as if seen live.
+        let owner = record.owner.clone();
+        let mut record = record;
+        record.state = RunState::Exited;
+        record.exit = status;
+        record.reason = Some(reason);
+        record.ended_ms = update.ended_ms;
+        match status {
+            Some(status) => {
+                let live = LiveRun {
+                    stop_grace: self.stop_grace_of(&owner),
+                    record,
+                    handle: None,
+                    probe: None,
+                    stop: None,
+                };
+                self.after_job_exit(&owner, live, status, false);
+            }
+            None => {
+                if let Some(job) = self.jobs.get_mut(&owner.name) {
+                    job.last_run = Some(record);
+                }
+            }
+        }
     }
 
     async fn run(mut self, mut inputs: mpsc::UnboundedReceiver<Input>) {
@@ -499,34 +532,39 @@ impl Engine {
         }
     }
 
-    async fn start_job(&mut self, name: &str) -> Result<String, Error> {
+    async fn start_job(&mut self, name: &str) -> Result<JobStarted, Error> {
         if self.shutdown_replies.is_some() {
             return Err(Error::ShuttingDown);
         }
-        let Some(job) = self.jobs.get_mut(name) else {
+        if !self.jobs.contains_key(name) {
             return Err(Error::UnknownJob(name.to_string()));
-        };
-        if let Some(live) = self.runs.values().find(|live| {
-            live.record.owner.kind == OwnerKind::Job && live.record.owner.name.as_str() == name
-        }) {
+        }
+        if let Some(live) = self.live_job_run(name) {
             return Err(Error::JobAlreadyRunning(
                 name.to_string(),
                 live.record.id.to_string(),
             ));
         }
+        let job = self.jobs.get_mut(name).expect("checked above");
         job.outcome = JobOutcome::Active;
         job.failures = 0;
         job.backoff_until = None;
         self.reconcile().await;
-        let job = &self.jobs[name];
-        match &job.waiting {
-            Some(reason) => Ok(format!("job {name} is waiting: {reason}")),
-            None => Ok(job
-                .last_run
-                .as_ref()
-                .map(|run| run.id.to_string())
-                .unwrap_or_default()),
+        if let Some(live) = self.live_job_run(name) {
+            return Ok(JobStarted::Run(live.record.id.clone()));
         }
+        Ok(JobStarted::Waiting(
+            self.jobs[name]
+                .waiting
+                .clone()
+                .unwrap_or_else(|| "waiting to be placed".to_string()),
+        ))
+    }
+
+    fn live_job_run(&self, name: &str) -> Option<&LiveRun> {
+        self.runs.values().find(|live| {
+            live.record.owner.kind == OwnerKind::Job && live.record.owner.name.as_str() == name
+        })
     }
 
     fn stop_run_by_user(&mut self, run: &RunId) -> Result<String, Error> {

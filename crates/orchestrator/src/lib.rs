@@ -61,11 +61,20 @@ pub enum Error {
     Store(#[from] store::StoreError),
 }
 
+/// What asking for a job to start did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobStarted {
+    /// A Run was started.
+    Run(RunId),
+    /// No device is free for it; it starts as soon as one is. The reason says why.
+    Waiting(String),
+}
+
 /// A request from outside the loop, answered on its oneshot.
 pub(crate) enum Command {
     StartJob {
         name: String,
-        reply: oneshot::Sender<Result<String, Error>>,
+        reply: oneshot::Sender<Result<JobStarted, Error>>,
     },
     StopRun {
         run: RunId,
@@ -110,13 +119,17 @@ impl Handle {
         &self.store
     }
 
-    /// Starts a Run of the job; answers with the reason or the run id once placed or queued.
-    pub async fn start_job(&self, name: &str) -> Result<String, Error> {
-        self.ask(|reply| Command::StartJob {
-            name: name.to_string(),
-            reply,
-        })
-        .await
+    /// Starts a Run of the job, or queues it until a device is free.
+    pub async fn start_job(&self, name: &str) -> Result<JobStarted, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(engine::Input::Command(Command::StartJob {
+                name: name.to_string(),
+                reply,
+            }))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
     }
 
     /// Stops a Run gracefully. A service replica is replaced; a job is not restarted.

@@ -50,21 +50,70 @@ pub fn log_files(run_dir: &Path) -> Vec<PathBuf> {
 /// The last `lines` lines of the Run's output, reading backwards across rotated files so that a
 /// rotation just before the call does not hide recent lines. Invalid UTF-8 is replaced.
 pub fn tail(run_dir: &Path, lines: usize) -> io::Result<String> {
+    tail_until(run_dir, lines, None)
+}
+
+/// The last `lines` lines and then everything written after them until the Run ends, with
+/// nothing lost or repeated in between: the current `output.log` is opened first, the tail
+/// is read up to where it ended then, and following starts exactly there. (Reading a tail and
+/// then following from the end would drop whatever was written between the two.)
+pub fn tail_and_follow(
+    run_dir: PathBuf,
+    lines: usize,
+) -> io::Result<(
+    String,
+    impl Stream<Item = io::Result<Vec<u8>>> + Send + 'static,
+)> {
+    let path = current_log(&run_dir);
+    let open = match File::open(&path) {
+        Ok(file) => {
+            let metadata = file.metadata().map_err(|e| with_path(e, &path))?;
+            Some(OpenLog {
+                file,
+                inode: metadata.ino(),
+                position: metadata.len(),
+            })
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+        Err(error) => return Err(with_path(error, &path)),
+    };
+    let text = tail_until(
+        &run_dir,
+        lines,
+        open.as_ref().map(|o| (o.inode, o.position)),
+    )?;
+    Ok((text, follow_state(run_dir, false, open)))
+}
+
+/// [`tail`] of the output written up to `until` (an inode and an offset in it): files rotated
+/// in after that one, and bytes past the offset, are left out.
+fn tail_until(run_dir: &Path, lines: usize, until: Option<(u64, u64)>) -> io::Result<String> {
     if lines == 0 {
         return Ok(String::new());
+    }
+    let mut files = log_files(run_dir);
+    if let Some((inode, _)) = until {
+        let inode_of = |path: &PathBuf| fs::metadata(path).map(|m| m.ino()).ok();
+        if let Some(index) = files.iter().position(|p| inode_of(p) == Some(inode)) {
+            files.truncate(index + 1);
+        }
     }
     // Chunks read from the end, newest first; joined in reverse at the end.
     let mut chunks: Vec<Vec<u8>> = Vec::new();
     let mut newlines = 0usize;
     let mut first_byte_seen = false;
-    'files: for path in log_files(run_dir).iter().rev() {
+    'files: for path in files.iter().rev() {
         let mut file = match File::open(path) {
             Ok(file) => file,
             // Rotated away between listing and opening: the next older name holds it now.
             Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
             Err(error) => return Err(with_path(error, path)),
         };
-        let mut end = file.metadata().map_err(|e| with_path(e, path))?.len();
+        let metadata = file.metadata().map_err(|e| with_path(e, path))?;
+        let mut end = match until {
+            Some((inode, offset)) if metadata.ino() == inode => metadata.len().min(offset),
+            _ => metadata.len(),
+        };
         while end > 0 {
             let start = end.saturating_sub(READ_CHUNK as u64);
             let mut chunk = vec![0; (end - start) as usize];
@@ -119,10 +168,18 @@ pub fn follow(
     run_dir: PathBuf,
     from_end: bool,
 ) -> impl Stream<Item = io::Result<Vec<u8>>> + Send + 'static {
+    follow_state(run_dir, from_end, None)
+}
+
+fn follow_state(
+    run_dir: PathBuf,
+    from_end: bool,
+    open: Option<OpenLog>,
+) -> impl Stream<Item = io::Result<Vec<u8>>> + Send + 'static {
     let state = Follower {
         run_dir,
         from_end,
-        open: None,
+        open,
         done: false,
     };
     futures::stream::unfold(state, |mut state| async move {
@@ -342,5 +399,36 @@ mod tests {
         }
         appender.await.unwrap();
         assert_eq!(seen, b"after\n");
+    }
+
+    #[tokio::test]
+    async fn tail_and_follow_lose_and_repeat_nothing_written_in_between() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = dir.path().to_path_buf();
+        fs::write(current_log(&run_dir), "one\ntwo\n").unwrap();
+        let (head, rest) = tail_and_follow(run_dir.clone(), 1).unwrap();
+        assert_eq!(head, "two\n");
+        // Written after the tail was read and before the stream is first polled, then rotated.
+        let append = |text: &[u8]| {
+            let mut file = fs::OpenOptions::new()
+                .append(true)
+                .open(current_log(&run_dir))
+                .unwrap();
+            std::io::Write::write_all(&mut file, text).unwrap();
+        };
+        append(b"three\n");
+        fs::rename(current_log(&run_dir), rotated_log(&run_dir, 1)).unwrap();
+        fs::write(current_log(&run_dir), "four\n").unwrap();
+        crate::run_files::write_exit_status(&run_dir, domain::ExitStatus::exited(0)).unwrap();
+        let mut seen = Vec::new();
+        let mut rest = Box::pin(rest);
+        while let Some(chunk) = rest.next().await {
+            seen.extend(chunk.unwrap());
+        }
+        assert_eq!(seen, b"three\nfour\n");
+
+        // Taken after that rotation, the tail spans both files.
+        let (head, _) = tail_and_follow(run_dir.clone(), 2).unwrap();
+        assert_eq!(head, "three\nfour\n");
     }
 }
