@@ -221,7 +221,7 @@ impl TestServer {
 
     /// Runs the CLI against this server; returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        cli_in(self.dir.path(), &self.client.base().to_string(), args)
+        cli_in(self.dir.path(), self.client.base(), args)
     }
 }
 
