@@ -165,6 +165,12 @@ pub async fn up(args: UpArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
             &device_list
         }
     );
+    if !api_addr.ip().is_loopback() {
+        println!(
+            "warning: the control API listens on {api_addr}, beyond this machine, and has no \
+             authentication: whoever reaches it can start and stop processes here"
+        );
+    }
     println!(
         "{} service(s), {} job(s); `flowers ps` lists them, `flowers events -f` follows what happens",
         config.services.len(),

@@ -665,7 +665,11 @@ impl Engine {
         } else {
             RunState::Exited
         };
-        let reason = live.stop.as_ref().map(StopCause::describe);
+        let reason = live
+            .stop
+            .as_ref()
+            .map(StopCause::describe)
+            .or_else(|| could_not_start(&run_dir(&self.settings.data_dir, &run), status));
         self.update_run(
             &run,
             RunUpdate {
@@ -689,7 +693,10 @@ impl Engine {
                 EventKind::RunExited,
                 format!("exited {status} after being stopped: {}", cause.describe()),
             ),
-            (None, _) => (EventKind::RunExited, format!("exited {status}")),
+            (None, _) => match &reason {
+                Some(reason) => (EventKind::RunExited, format!("exited {status}: {reason}")),
+                None => (EventKind::RunExited, format!("exited {status}")),
+            },
         };
         self.emit(NewEvent::new(kind, message).owner(&owner.name).run(&run));
 
@@ -1385,6 +1392,18 @@ impl Engine {
             shutting_down: self.shutdown_replies.is_some(),
         }));
     }
+}
+
+/// Why a command could not be started, when its exit status says so (126: not executable,
+/// 127: not found, the shell's convention that the monitor follows): the last line of its log,
+/// where the monitor (or a shell) wrote the reason.
+fn could_not_start(run_dir: &Path, status: ExitStatus) -> Option<String> {
+    if status.signal.is_some() || !matches!(status.code, 126 | 127) {
+        return None;
+    }
+    let tail = supervisor::logs::tail(run_dir, 1).ok()?;
+    let line = tail.trim();
+    (!line.is_empty() && line.len() <= 300).then(|| line.to_string())
 }
 
 /// Readiness first (until the start timeout), then liveness for as long as the Run lives.

@@ -244,3 +244,30 @@ async fn unknown_names_fail_with_the_api_message() {
     assert_eq!(code, 1);
     assert_eq!(err, "error: no job is named \"nope\"\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_api_beyond_loopback_is_warned_about() {
+    let mut server = TestServer::start("").await;
+    assert!(
+        !server.log().contains("warning: the control API"),
+        "{}",
+        server.log()
+    );
+    server.terminate();
+    let port = free_port();
+    let address = format!("0.0.0.0:{port}");
+    server.api_port = port;
+    server.client = client::Client::new(&format!("http://127.0.0.1:{port}"));
+    server
+        .launch(&[("FLOWERS_API_LISTEN", address.as_str())])
+        .await;
+    let status = server.client.status().await.unwrap();
+    assert_eq!(status.api_listen, address);
+    assert!(
+        server.log().contains(&format!(
+            "warning: the control API listens on {address}, beyond this machine, and has no authentication"
+        )),
+        "{}",
+        server.log()
+    );
+}

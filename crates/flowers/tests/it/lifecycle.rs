@@ -248,3 +248,27 @@ async fn stop_is_sigterm_then_sigkill_after_the_grace_period_and_leaves_no_proce
     .unwrap();
     assert!(log.contains("got SIGTERM, exiting"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_cannot_start_says_why_in_its_event_and_run() {
+    let server = TestServer::start(
+        "[services.typo]\ncommand = [\"no-such-program-for-flowers\", \"--port\"]\n\
+         [services.typo.restart]\nbackoff = \"100ms\"\ncrash_loop_after = 2\n",
+    )
+    .await;
+    let exited = server.event("typo", "run_exited").await;
+    assert_eq!(
+        exited.message,
+        "exited code=127: cannot start no-such-program-for-flowers: command not found"
+    );
+    let run = server
+        .client
+        .run(exited.run.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        run.reason.as_deref(),
+        Some("cannot start no-such-program-for-flowers: command not found")
+    );
+    server.event("typo", "crash_loop_entered").await;
+}
