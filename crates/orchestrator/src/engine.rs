@@ -209,12 +209,34 @@ fn run_dir(data_dir: &Path, run: &RunId) -> PathBuf {
 
 impl Engine {
     fn load(&mut self, desired: Desired) -> Result<(), Error> {
+        let mut fresh_starts = Vec::new();
         for (name, spec) in desired.services {
-            let saved = self.store.owner_state(name.as_str())?;
+            let hash = spec_hash(&spec);
+            let mut saved = self.store.owner_state(name.as_str())?;
+            let last_run = self
+                .store
+                .runs(&RunFilter {
+                    owner: Some(name.to_string()),
+                    active_only: false,
+                    limit: Some(1),
+                })?
+                .into_iter()
+                .next();
+            // Failures (and a crash loop) belong to the configuration that failed: once the
+            // user changes it, the service starts afresh.
+            if last_run.is_some_and(|run| run.spec_hash != hash)
+                && saved.as_ref().is_some_and(|s| s.consecutive_failures > 0)
+            {
+                if saved.as_ref().is_some_and(|s| s.crash_loop) {
+                    fresh_starts.push(name.clone());
+                }
+                self.save_owner_state(name.as_str(), OwnerKind::Service, 0, false);
+                saved = None;
+            }
             self.services.insert(
                 name,
                 ServiceState {
-                    hash: spec_hash(&spec),
+                    hash,
                     spec,
                     failures: saved.as_ref().map_or(0, |s| s.consecutive_failures),
                     crash_loop: saved.as_ref().is_some_and(|s| s.crash_loop),
@@ -267,6 +289,15 @@ impl Engine {
                 std::process::id()
             ),
         ));
+        for name in fresh_starts {
+            self.emit(
+                NewEvent::new(
+                    EventKind::CrashLoopCleared,
+                    "crash loop cleared: the service's configuration changed",
+                )
+                .owner(&name),
+            );
+        }
         self.emit(NewEvent::new(
             EventKind::DevicesDetected,
             format!(

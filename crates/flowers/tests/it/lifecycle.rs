@@ -272,3 +272,42 @@ async fn a_command_that_cannot_start_says_why_in_its_event_and_run() {
     );
     server.event("typo", "crash_loop_entered").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_survives_a_restart_until_the_configuration_changes() {
+    let restart = "[services.bad.restart]\nbackoff = \"100ms\"\ncrash_loop_after = 2";
+    let mut server = TestServer::start(&service(
+        "bad",
+        &format!("env = {{ WORKLOAD_EXIT_AFTER = \"0.1\" }}\n{restart}"),
+    ))
+    .await;
+    server.event("bad", "crash_loop_entered").await;
+
+    // Same configuration: the crash loop is remembered and nothing is started.
+    server.terminate();
+    server.launch(&[]).await;
+    let remembered = server.service("bad").await;
+    assert_eq!(remembered.state, "crash_loop");
+    assert_eq!(remembered.consecutive_failures, 2);
+    assert_eq!(
+        server
+            .client
+            .runs(Some("bad"), false, 100)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // The user fixes the service: it starts afresh.
+    server.terminate();
+    server.write_config(&service("bad", restart));
+    server.launch(&[]).await;
+    let cleared = server.event("bad", "crash_loop_cleared").await;
+    assert_eq!(
+        cleared.message,
+        "crash loop cleared: the service's configuration changed"
+    );
+    server.ready_runs("bad", 1).await;
+    assert_eq!(server.service("bad").await.consecutive_failures, 0);
+}
