@@ -415,7 +415,8 @@ struct LogsQuery {
 
 #[utoipa::path(get, path = "/v1/runs/{id}/logs", params(("id" = String, Path, description = "Run id"), LogsQuery),
     description = "The Run's combined stdout and stderr as text/plain; with follow=true the response streams.",
-    responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ApiError)))]
+    responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ApiError),
+        (status = 410, description = "The Run's logs were removed by retention ([logs] keep_runs)", body = ApiError)))]
 async fn run_logs(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -424,6 +425,16 @@ async fn run_logs(
     let q = query(raw)?;
     let record = find_run(&state, &id).await?;
     let dir = record.run_dir.clone();
+    if record.ended_ms.is_some() && !dir.exists() {
+        return Err(ApiFailure {
+            status: StatusCode::GONE,
+            code: "gone",
+            message: format!(
+                "the logs of run {id} were removed: only the newest Runs of each service or job \
+                 keep their logs ([logs] keep_runs)"
+            ),
+        });
+    }
     let lines = q.tail.unwrap_or(200);
     let follow = q.follow.unwrap_or(false);
     let read = {

@@ -80,6 +80,10 @@ pub struct LogsConfig {
     pub max_size: ByteSize,
     /// `keep`: rotated files kept per Run, `1..=100`. Default 3.
     pub keep: u32,
+    /// `keep_runs`: Runs of each service or job whose directory (logs, exit status) is kept,
+    /// newest first, `1..=100000`. Older ended Runs' directories are deleted when a Run ends, so
+    /// a service that crashes for weeks cannot fill the disk; their records stay. Default 20.
+    pub keep_runs: u32,
 }
 
 impl Default for LogsConfig {
@@ -87,6 +91,7 @@ impl Default for LogsConfig {
         LogsConfig {
             max_size: ByteSize::mib(10),
             keep: 3,
+            keep_runs: 20,
         }
     }
 }
@@ -236,6 +241,9 @@ fn build(
         logs: LogsConfig {
             max_size: file.logs_max_size.unwrap_or(LogsConfig::default().max_size),
             keep: file.logs_keep.unwrap_or(LogsConfig::default().keep),
+            keep_runs: file
+                .logs_keep_runs
+                .unwrap_or(LogsConfig::default().keep_runs),
         },
         services: file.services,
         jobs: file.jobs,

@@ -32,7 +32,7 @@ const MIN_LOG_SIZE: u64 = 4 * ByteSize::KIB;
 const ROOT_KEYS: &[&str] = &["server", "devices", "logs", "services", "jobs"];
 const SERVER_KEYS: &[&str] = &["gateway_listen", "api_listen", "data_dir"];
 const DEVICES_KEYS: &[&str] = &["cpu_slots"];
-const LOGS_KEYS: &[&str] = &["max_size", "keep"];
+const LOGS_KEYS: &[&str] = &["max_size", "keep", "keep_runs"];
 const SERVICE_KEYS: &[&str] = &[
     "command",
     "workdir",
@@ -85,6 +85,7 @@ pub(crate) struct FileLayer {
     pub cpu_slots: Option<u32>,
     pub logs_max_size: Option<ByteSize>,
     pub logs_keep: Option<u32>,
+    pub logs_keep_runs: Option<u32>,
     pub services: BTreeMap<Name, ServiceSpec>,
     pub jobs: BTreeMap<Name, JobSpec>,
 }
@@ -273,6 +274,9 @@ impl Walker<'_> {
             });
             layer.logs_keep = self
                 .read(&logs, "keep", |item| integer(item, 1, 100))
+                .map(|n| n as u32);
+            layer.logs_keep_runs = self
+                .read(&logs, "keep_runs", |item| integer(item, 1, 100_000))
                 .map(|n| n as u32);
         }
 

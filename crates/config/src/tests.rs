@@ -96,7 +96,7 @@ fn unknown_key_suggests_the_closest_known_key() {
 fn unknown_key_far_from_any_lists_the_known_ones() {
     assert_eq!(
         problem("[logs]\nzzz = 1\n"),
-        "flowers.toml:2: logs.zzz: unknown key; expected one of `max_size`, `keep`"
+        "flowers.toml:2: logs.zzz: unknown key; expected one of `max_size`, `keep`, `keep_runs`"
     );
 }
 
@@ -135,6 +135,10 @@ fn out_of_range_integers_are_refused() {
     assert_eq!(
         problem("[logs]\nkeep = 0\n"),
         "flowers.toml:2: logs.keep: expected an integer 1..=100, got 0"
+    );
+    assert_eq!(
+        problem("[logs]\nkeep_runs = 0\n"),
+        "flowers.toml:2: logs.keep_runs: expected an integer 1..=100000, got 0"
     );
     assert_eq!(
         problem("[jobs.t]\ncommand = [\"t\"]\npriority = -1001\n"),
@@ -510,6 +514,7 @@ fn defaults_fill_what_no_layer_sets() {
     assert_eq!(config.logs, LogsConfig::default());
     assert_eq!(config.logs.max_size, ByteSize::mib(10));
     assert_eq!(config.logs.keep, 3);
+    assert_eq!(config.logs.keep_runs, 20);
     assert!(config.services.is_empty() && config.jobs.is_empty());
     assert_eq!(
         config.source,
@@ -574,6 +579,7 @@ cpu_slots = 2
 [logs]
 max_size = "1MiB"
 keep = 5
+keep_runs = 7
 
 [services.chat]
 command = ["python3", "chat.py", "--port-from-env"]
@@ -646,7 +652,8 @@ fn full_example_loads_into_the_expected_specs() {
         config.logs,
         LogsConfig {
             max_size: ByteSize::mib(1),
-            keep: 5
+            keep: 5,
+            keep_runs: 7
         }
     );
 

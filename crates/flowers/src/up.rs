@@ -103,6 +103,7 @@ pub async fn up(args: UpArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         control_url: format!("http://{}", reachable(api_addr)),
         log_max_bytes: config.logs.max_size.bytes(),
         log_keep: config.logs.keep,
+        keep_runs: config.logs.keep_runs,
         monitor_command: vec![
             std::env::current_exe()
                 .context("cannot find the flowers executable to start Runs with")?

@@ -289,6 +289,15 @@ impl Engine {
                 std::process::id()
             ),
         ));
+        let owners: Vec<Name> = self
+            .services
+            .keys()
+            .chain(self.jobs.keys())
+            .cloned()
+            .collect();
+        for owner in owners {
+            self.prune_run_dirs(&owner, None);
+        }
         for name in fresh_starts {
             self.emit(
                 NewEvent::new(
@@ -730,6 +739,7 @@ impl Engine {
             },
         };
         self.emit(NewEvent::new(kind, message).owner(&owner.name).run(&run));
+        self.prune_run_dirs(&owner.name, Some(self.settings.keep_runs + 32));
 
         if self.shutdown_replies.is_some() {
             return;
@@ -873,6 +883,35 @@ impl Engine {
             .owner(&owner.name)
             .run(&run_id),
         );
+    }
+
+    /// Deletes the directories (logs, exit status) of the owner's ended Runs beyond the newest
+    /// `keep_runs`, so that a service crashing for weeks cannot fill the disk. The records stay.
+    /// `window` bounds how many of the newest Runs are looked at: older ones were pruned when
+    /// earlier Runs ended (at start, every Run is looked at once).
+    fn prune_run_dirs(&self, owner: &Name, window: Option<u32>) {
+        let runs = match self.store.runs(&RunFilter {
+            owner: Some(owner.to_string()),
+            active_only: false,
+            limit: window,
+        }) {
+            Ok(runs) => runs,
+            Err(error) => {
+                tracing::error!(%error, %owner, "could not list runs to prune");
+                return;
+            }
+        };
+        for record in runs.iter().skip(self.settings.keep_runs as usize) {
+            if !record.state.is_terminal() {
+                continue;
+            }
+            let dir = run_dir(&self.settings.data_dir, &record.id);
+            if dir.exists() {
+                if let Err(error) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(%error, dir = %dir.display(), "could not remove an old run directory");
+                }
+            }
+        }
     }
 
     fn schedule_backoff(&self, delay: Duration) {

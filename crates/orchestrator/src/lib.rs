@@ -31,6 +31,8 @@ pub struct Settings {
     pub control_url: String,
     pub log_max_bytes: u64,
     pub log_keep: u32,
+    /// Runs of each service or job whose directory is kept; older ended ones are deleted.
+    pub keep_runs: u32,
     /// Program and leading arguments that start the supervisor's monitor process.
     pub monitor_command: Vec<OsString>,
 }

@@ -75,7 +75,7 @@ fn an_unknown_key_suggests_the_closest_one() {
     );
     assert_one_problem(
         "[logs]\nzzz = 1\n",
-        "flowers.toml:2: logs.zzz: unknown key; expected one of `max_size`, `keep`",
+        "flowers.toml:2: logs.zzz: unknown key; expected one of `max_size`, `keep`, `keep_runs`",
     );
 }
 

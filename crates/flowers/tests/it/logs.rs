@@ -252,3 +252,40 @@ async fn logs_of_a_run_that_never_printed_are_empty() {
     .unwrap();
     assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_newest_runs_keep_their_directories() {
+    let server = TestServer::start(
+        "[logs]\nkeep_runs = 2\n[jobs.once]\ncommand = [\"sh\", \"-c\", \"echo attempt $FLOWERS_RUN_ID\"]\n",
+    )
+    .await;
+    let mut runs = Vec::new();
+    for attempt in 1..=4 {
+        let run = server.client.start_job("once").await.unwrap().run.unwrap();
+        server
+            .events_matching("once", "job_succeeded", attempt)
+            .await;
+        runs.push(run);
+    }
+    let dir = |run: &str| server.data_dir().join("runs").join(run);
+    for old in &runs[..2] {
+        assert!(
+            !dir(old).exists(),
+            "{old}'s directory outlived keep_runs = 2"
+        );
+        // The record stays; its logs say why they are gone.
+        assert_eq!(server.client.run(old).await.unwrap().state, "exited");
+        let (code, _, err) = server.cli(&["logs", old]);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains(&format!("the logs of run {old} were removed")),
+            "{err}"
+        );
+    }
+    for kept in &runs[2..] {
+        assert!(dir(kept).join("output.log").is_file());
+        let (code, out, err) = server.cli(&["logs", kept]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, format!("attempt {kept}\n"));
+    }
+}
