@@ -1,5 +1,6 @@
 //! The loop itself: state, the handling of each [`Input`], and reconciliation.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -129,6 +130,8 @@ struct Engine {
     view: watch::Sender<Arc<View>>,
     started_ms: i64,
     shutdown_replies: Option<Vec<oneshot::Sender<()>>>,
+    /// Events emitted while handling the current input, recorded after the view is published.
+    pending_events: RefCell<Vec<NewEvent>>,
 }
 
 pub(crate) async fn start(
@@ -155,6 +158,7 @@ pub(crate) async fn start(
         view,
         started_ms: now_ms(),
         shutdown_replies: None,
+        pending_events: RefCell::new(Vec::new()),
         settings,
     };
     engine.load(desired)?;
@@ -213,15 +217,7 @@ impl Engine {
         for (name, spec) in desired.services {
             let hash = spec_hash(&spec);
             let mut saved = self.store.owner_state(name.as_str())?;
-            let last_run = self
-                .store
-                .runs(&RunFilter {
-                    owner: Some(name.to_string()),
-                    active_only: false,
-                    limit: Some(1),
-                })?
-                .into_iter()
-                .next();
+            let last_run = self.last_run(&name)?;
             // Failures (and a crash loop) belong to the configuration that failed: once the
             // user changes it, the service starts afresh.
             if last_run.is_some_and(|run| run.spec_hash != hash)
@@ -253,15 +249,7 @@ impl Engine {
             } else {
                 JobOutcome::Idle
             };
-            let last_run = self
-                .store
-                .runs(&RunFilter {
-                    owner: Some(name.to_string()),
-                    active_only: false,
-                    limit: Some(1),
-                })?
-                .into_iter()
-                .next();
+            let last_run = self.last_run(&name)?;
             self.jobs.insert(
                 name,
                 JobState {
@@ -316,6 +304,15 @@ impl Engine {
             ),
         ));
         Ok(())
+    }
+
+    fn last_run(&self, owner: &Name) -> Result<Option<RunRecord>, Error> {
+        let newest = self.store.runs(&RunFilter {
+            owner: Some(owner.to_string()),
+            active_only: false,
+            limit: Some(1),
+        })?;
+        Ok(newest.into_iter().next())
     }
 
     /// Runs an earlier Flowers left behind are adopted again when they are still alive and
@@ -1335,18 +1332,28 @@ impl Engine {
         }
     }
 
+    /// Queues an event; [`Engine::publish`] records and broadcasts it once the state that it
+    /// reports is visible, so that whoever sees an event can read the state it speaks of.
     fn emit(&self, event: NewEvent) {
-        match self.store.append_event(&event) {
-            Ok(event) => {
-                tracing::info!(kind = event.kind.as_str(), owner = ?event.owner, run = ?event.run, "{}", event.message);
-                let _ = self.events.send(event);
-            }
-            Err(error) => {
-                tracing::error!(%error, message = %event.message, "could not record an event")
+        self.pending_events.borrow_mut().push(event);
+    }
+
+    fn flush_events(&self) {
+        for event in self.pending_events.borrow_mut().drain(..) {
+            match self.store.append_event(&event) {
+                Ok(event) => {
+                    tracing::info!(kind = event.kind.as_str(), owner = ?event.owner, run = ?event.run, "{}", event.message);
+                    let _ = self.events.send(event);
+                }
+                Err(error) => {
+                    tracing::error!(%error, message = %event.message, "could not record an event")
+                }
             }
         }
     }
 
+    /// Publishes the view of the current state, then records and broadcasts the events that
+    /// led to it.
     fn publish(&self) {
         let now = Instant::now();
         let runs: Vec<RunRecord> = self.runs.values().map(|live| live.record.clone()).collect();
@@ -1461,6 +1468,7 @@ impl Engine {
             runs,
             shutting_down: self.shutdown_replies.is_some(),
         }));
+        self.flush_events();
     }
 }
 

@@ -404,16 +404,8 @@ async fn jobs_are_adopted_or_recorded_as_ended_after_a_kill_9() {
         assert_eq!(code, 0, "{err}");
         let run = server.client.job(name).await.unwrap().last_run.unwrap();
         // Working, so SIGTERM reaches its handler and it ends with code 0.
-        let log = server
-            .data_dir()
-            .join("runs")
-            .join(&run.id)
-            .join("output.log");
         server
-            .eventually("the job to be working", || async {
-                let text = std::fs::read_to_string(&log).ok()?;
-                text.contains("working without a server").then_some(())
-            })
+            .wait_for_output(&run.id, "working without a server")
             .await;
         runs.push(run);
     }
@@ -472,16 +464,8 @@ async fn a_run_flowers_was_stopping_when_killed_is_stopped_after_the_restart() {
     assert_eq!(code, 0, "{err}");
     let run = server.client.job("train").await.unwrap().last_run.unwrap();
     // Working, so it ignores SIGTERM from now on.
-    let log = server
-        .data_dir()
-        .join("runs")
-        .join(&run.id)
-        .join("output.log");
     server
-        .eventually("the job to be working", || async {
-            let text = std::fs::read_to_string(&log).ok()?;
-            text.contains("working without a server").then_some(())
-        })
+        .wait_for_output(&run.id, "working without a server")
         .await;
     let (code, _, err) = server.cli(&["stop", &run.id]);
     assert_eq!(code, 0, "{err}");

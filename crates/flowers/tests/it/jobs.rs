@@ -167,16 +167,8 @@ async fn a_stopped_job_is_not_restarted() {
     assert_eq!(code, 0, "{err}");
     let run = server.client.job("train").await.unwrap().last_run.unwrap();
     // Stopped once it is working (its SIGTERM handler is in place), so it ends with code 0.
-    let log = server
-        .data_dir()
-        .join("runs")
-        .join(&run.id)
-        .join("output.log");
     server
-        .eventually("the job to be working", || async {
-            let text = std::fs::read_to_string(&log).ok()?;
-            text.contains("working without a server").then_some(())
-        })
+        .wait_for_output(&run.id, "working without a server")
         .await;
 
     let (code, out, err) = server.cli(&["stop", &run.id]);

@@ -176,6 +176,17 @@ impl TestServer {
         }
     }
 
+    /// Waits until the Run's output contains `text` (e.g. a job saying it installed its
+    /// SIGTERM handler, before the test sends one).
+    pub async fn wait_for_output(&self, run: &str, text: &str) {
+        let log = self.data_dir().join("runs").join(run).join("output.log");
+        self.eventually(&format!("{run} to print {text:?}"), || async {
+            let output = std::fs::read_to_string(&log).ok()?;
+            output.contains(text).then_some(())
+        })
+        .await;
+    }
+
     pub async fn service(&self, name: &str) -> ServiceInfo {
         self.client.service(name).await.expect("service")
     }
