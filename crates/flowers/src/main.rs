@@ -2,6 +2,7 @@
 //! gateway); every other command is a client of the control API.
 
 mod commands;
+mod routes;
 mod table;
 mod up;
 

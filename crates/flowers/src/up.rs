@@ -141,9 +141,11 @@ pub async fn up(args: UpArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
             let _ = stopped.wait_for(|stop| *stop).await;
         }))
     };
+    let gateway = gateway::Gateway::new(gateway::Settings::default());
+    let routes_task = tokio::spawn(crate::routes::follow(handle.clone(), gateway.clone()));
     let gateway_task = {
         let mut stopped = servers_stopped.clone();
-        tokio::spawn(gateway::serve(gateway_listener, async move {
+        tokio::spawn(gateway.serve(gateway_listener, async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         }))
     };
@@ -198,6 +200,7 @@ pub async fn up(args: UpArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
     let _ = stop_servers.send(true);
     let _ = api_task.await;
     let _ = gateway_task.await;
+    routes_task.abort();
     let _ = engine.await;
     println!("flowers: every Run stopped; bye");
     Ok(ExitCode::SUCCESS)

@@ -1,67 +1,188 @@
-//! The gateway: the box's LAN-facing front door (`0.0.0.0:8080` by default), which carries
-//! service traffic by host name and path to service replicas.
+//! The gateway: the box's LAN-facing reverse proxy (`0.0.0.0:8080` by default). It owns the
+//! listener, the route table (host + longest path prefix → a service's ready replicas), load
+//! balancing by least outstanding requests, holding requests while no replica is ready,
+//! retrying requests that never reached a replica, and the JSON error answers. It never knows
+//! about jobs, processes, the store or the orchestrator: the binary hands it route-table
+//! snapshots through [`Gateway::update`].
 //!
-//! Today it owns the listener and the error answers only: with no route table yet, every
-//! request is told, as JSON, that no route matches. Proxying, the route table, load balancing,
-//! holding requests while a replica gets ready, and draining arrive with the next piece of
-//! work. Architecture invariant: the gateway knows nothing about jobs, processes or the store;
-//! it will be handed route-table snapshots.
+//! The server side is hyper's `http1` connection per accepted socket, which gives the header
+//! read timeout and the header buffer bound directly. The client side is hand-rolled
+//! `hyper::client::conn::http1`, one upstream connection per request: the gateway must know
+//! whether a request reached a replica (connect failed: the body is still ours and any
+//! method can go to another replica; connected: only bodiless idempotent requests may be
+//! sent again), and a pooled client hides exactly that. Replicas are on loopback or the LAN,
+//! so a fresh connection costs little next to a model's answer.
+//!
+//! Not done yet: WebSocket and other upgrades (answered 501 `upgrade_unsupported`), HTTP/2,
+//! upstream response timeouts (model answers may stream for minutes), and connection pooling.
 
-use std::convert::Infallible;
+mod balance;
+mod error;
+mod hold;
+mod proxy;
+mod route;
+
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let host = request
-        .headers()
-        .get(hyper::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let body = serde_json::json!({
-        "code": "no_route",
-        "message": format!("no route matches {host}{}", request.uri().path()),
-    });
-    let response = Response::builder()
-        .status(StatusCode::NOT_FOUND)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("a static response builds");
-    Ok(response)
+pub use error::{Error, Side};
+pub use route::{normalize_host, prefix_matches};
+
+/// One ready replica of a service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Replica {
+    /// The Run id, for logs and for [`Gateway::in_flight`].
+    pub run: String,
+    pub addr: SocketAddr,
 }
 
-/// Serves the gateway on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = &mut shutdown => return,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(%error, "gateway could not accept a connection");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+/// Where a service's traffic goes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    pub service: String,
+    /// Lowercase host name without port; `None` matches any host.
+    pub host: Option<String>,
+    /// Starts with "/"; "/" matches everything. Matched on segment boundaries and forwarded
+    /// unchanged (no prefix stripping).
+    pub path_prefix: String,
+    /// Ready replicas only.
+    pub replicas: Vec<Replica>,
+    /// How long a request waits for a ready replica before a 503.
+    pub hold: Duration,
+}
+
+/// A complete snapshot of the routes; each [`Gateway::update`] replaces the previous one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouteTable {
+    pub routes: Vec<Route>,
+}
+
+/// Limits of the listener.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Request line plus headers larger than this are answered 431.
+    pub max_header_bytes: usize,
+    /// A client that has not sent its whole header by then is disconnected.
+    pub header_read_timeout: Duration,
+    /// Connections beyond this many are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Requests waiting for a ready replica, across all routes; beyond this, 503 at once.
+    pub max_held_requests: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            max_held_requests: 1024,
+        }
+    }
+}
+
+/// The reverse proxy. Share it as `Arc<Gateway>`: requests read the table without locking.
+#[derive(Debug)]
+pub struct Gateway {
+    settings: Settings,
+    table: ArcSwap<balance::LiveTable>,
+    counters: balance::Counters,
+    holds: hold::Holds,
+}
+
+impl Gateway {
+    pub fn new(settings: Settings) -> Arc<Gateway> {
+        let holds = hold::Holds::new(settings.max_held_requests);
+        Arc::new(Gateway {
+            settings,
+            table: ArcSwap::from_pointee(balance::LiveTable::default()),
+            counters: balance::Counters::default(),
+            holds,
+        })
+    }
+
+    /// Swaps the route table atomically (readers never lock) and wakes requests held for a
+    /// replica.
+    pub fn update(&self, table: RouteTable) {
+        let live = self.counters.live_table(table);
+        self.table.store(Arc::new(live));
+        self.holds.wake_all();
+    }
+
+    /// Requests in flight per replica (run id → count), for draining. A run that left the
+    /// table stays listed while it still has requests.
+    pub fn in_flight(&self) -> HashMap<String, usize> {
+        self.counters.snapshot()
+    }
+
+    /// Serves until `shutdown` resolves; open connections are then asked to finish their
+    /// current request and close.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        tokio::pin!(shutdown);
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.settings.max_connections));
+        let (stop_connections, connections_stopped) = tokio::sync::watch::channel(false);
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = &mut shutdown => break,
+            };
+            let (stream, client) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "gateway could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                // Refusing by closing keeps established connections served; queueing would
+                // only let the excess pile up unseen.
+                tracing::warn!(%client, limit = self.settings.max_connections,
+                    "gateway refused a connection: too many open");
+                drop(stream);
                 continue;
-            }
-        };
-        tokio::spawn(async move {
-            let connection = http1::Builder::new()
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .timer(hyper_util::rt::TokioTimer::new())
-                .serve_connection(TokioIo::new(stream), service_fn(answer));
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "gateway connection ended with an error");
-            }
-        });
+            };
+            let _ = stream.set_nodelay(true);
+            let gateway = self.clone();
+            let settings = self.settings.clone();
+            let mut stopped = connections_stopped.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let service =
+                    service_fn(move |request| proxy::handle(gateway.clone(), client, request));
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(settings.header_read_timeout)
+                    .max_buf_size(proxy::header_buffer_bytes(settings.max_header_bytes))
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(connection);
+                let result = tokio::select! {
+                    result = connection.as_mut() => result,
+                    // The guard `wait_for` returns is not Send: drop it inside.
+                    () = async { drop(stopped.wait_for(|stop| *stop).await) } => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(error) = result {
+                    tracing::debug!(%client, %error, "gateway connection ended with an error");
+                }
+            });
+        }
+        let _ = stop_connections.send(true);
     }
 }

@@ -8,6 +8,7 @@ mod api;
 mod cli;
 mod config_errors;
 mod devices;
+mod gateway;
 mod jobs;
 mod lifecycle;
 mod logs;

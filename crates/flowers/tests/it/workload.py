@@ -11,7 +11,7 @@ flowers.toml:
   WORKLOAD_GRANDCHILD=1          start a `sleep` grandchild (no process may leak)
   WORKLOAD_NO_SERVER=1           do not listen at all (a job)
 
-Endpoints: /healthz, /env (FLOWERS_* and CUDA_VISIBLE_DEVICES as JSON), /pid, /grandchild,
+Endpoints: /healthz, /env (FLOWERS_* and CUDA_VISIBLE_DEVICES as JSON), /headers, /pid, /grandchild,
 /crash?code=N (exit now), /sick (make /healthz fail from now on).
 """
 
@@ -88,6 +88,8 @@ class Handler(BaseHTTPRequestHandler):
         elif url.path == "/env":
             keys = [k for k in os.environ if k.startswith("FLOWERS_") or k == "CUDA_VISIBLE_DEVICES"]
             self.answer(200, {k: os.environ[k] for k in keys})
+        elif url.path == "/headers":
+            self.answer(200, {k.lower(): v for k, v in self.headers.items()})
         elif url.path == "/pid":
             self.answer(200, {"pid": os.getpid()})
         elif url.path == "/grandchild":

@@ -1,0 +1,55 @@
+//! Feeds the gateway: a route table built from the orchestrator's published view (services'
+//! routes and their ready replicas), swapped into the gateway after every change. This keeps
+//! the gateway ignorant of services, Runs and the orchestrator.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::{OwnerKind, RunState};
+
+/// How long a request waits for a ready replica before it is answered 503.
+pub const DEFAULT_HOLD: Duration = Duration::from_secs(30);
+
+pub fn route_table(view: &orchestrator::View) -> gateway::RouteTable {
+    let mut routes = Vec::new();
+    for service in &view.services {
+        let replicas: Vec<gateway::Replica> = view
+            .runs
+            .iter()
+            .filter(|run| {
+                run.owner.kind == OwnerKind::Service
+                    && run.owner.name == service.spec.name
+                    && run.state == RunState::Ready
+            })
+            .filter_map(|run| {
+                run.port.map(|port| gateway::Replica {
+                    run: run.id.to_string(),
+                    addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                })
+            })
+            .collect();
+        for route in &service.spec.routes {
+            routes.push(gateway::Route {
+                service: service.spec.name.to_string(),
+                host: route.host.clone(),
+                path_prefix: route.path_prefix.clone(),
+                replicas: replicas.clone(),
+                hold: DEFAULT_HOLD,
+            });
+        }
+    }
+    gateway::RouteTable { routes }
+}
+
+/// Keeps the gateway's table in step with the orchestrator until the view channel closes.
+pub async fn follow(orchestrator: orchestrator::Handle, gateway: Arc<gateway::Gateway>) {
+    let mut updates = orchestrator.view_updates();
+    loop {
+        let table = route_table(&updates.borrow_and_update());
+        gateway.update(table);
+        if updates.changed().await.is_err() {
+            return;
+        }
+    }
+}

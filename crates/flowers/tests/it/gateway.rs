@@ -1,0 +1,128 @@
+//! The gateway in front of real replicas: routing to ready replicas, forwarding headers, and
+//! no failed request when a serving replica is killed.
+
+use std::collections::BTreeSet;
+
+use crate::support::*;
+
+fn gateway_url(server: &TestServer, path: &str) -> String {
+    format!("http://127.0.0.1:{}{path}", server.gateway_port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_spread_over_ready_replicas_with_forwarding_headers() {
+    let server =
+        TestServer::start(&service("web", "replicas = 2\nroutes = [{ path = \"/\" }]")).await;
+    let runs = server.ready_runs("web", 2).await;
+    let expected: BTreeSet<String> = runs.iter().map(|r| r.id.clone()).collect();
+    let http = reqwest::Client::new();
+    // Once both replicas are in the gateway's table, sequential requests reach both.
+    let seen = server
+        .eventually("requests to reach both replicas", || async {
+            let mut seen = BTreeSet::new();
+            for _ in 0..20 {
+                let env: serde_json::Value = http
+                    .get(gateway_url(&server, "/env"))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                seen.insert(env["FLOWERS_RUN_ID"].as_str()?.to_string());
+            }
+            (seen == expected).then_some(seen)
+        })
+        .await;
+    assert_eq!(seen.len(), 2);
+
+    let headers: serde_json::Value = http
+        .get(gateway_url(&server, "/headers"))
+        .header("Connection", "keep-alive, X-Secret-Hop")
+        .header("X-Secret-Hop", "must not pass")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(
+        headers["x-forwarded-host"],
+        format!("127.0.0.1:{}", server.gateway_port)
+    );
+    assert!(headers.get("x-secret-hop").is_none(), "{headers}");
+
+    let missing = http
+        .get(format!(
+            "http://127.0.0.1:{}/nothing-here",
+            server.gateway_port
+        ))
+        .header("Host", "other.lan")
+        .send()
+        .await
+        .unwrap();
+    // The route "/" matches any host and path.
+    assert_eq!(missing.status(), 404, "the workload's own 404");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_without_a_route_is_a_clear_404() {
+    let server = TestServer::start(&service("web", "routes = [{ path = \"/web\" }]")).await;
+    server.ready_runs("web", 1).await;
+    let response = reqwest::get(gateway_url(&server, "/other")).await.unwrap();
+    assert_eq!(response.status(), 404);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "no_route");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_only_serving_replica_fails_no_request() {
+    let server = TestServer::start(&service(
+        "web",
+        "routes = [{ path = \"/\" }]\n[services.web.restart]\nbackoff = \"100ms\"",
+    ))
+    .await;
+    let first = server.ready_runs("web", 1).await.remove(0);
+    let http = reqwest::Client::new();
+    server
+        .eventually("the gateway to route to the replica", || async {
+            let response = http.get(gateway_url(&server, "/pid")).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+
+    // kill -9 of the replica's process, then keep asking until its replacement answers.
+    signal(first.child_pid.unwrap(), libc::SIGKILL);
+    let mut answered = 0;
+    let mut failures = Vec::new();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replacement answered; {} failures, the first: {:?}\n{}",
+            failures.len(),
+            &failures[..failures.len().min(3)],
+            server.log()
+        );
+        match http.get(gateway_url(&server, "/env")).send().await {
+            Ok(response) if response.status().is_success() => {
+                answered += 1;
+                let env: serde_json::Value = response.json().await.unwrap();
+                if env["FLOWERS_RUN_ID"] != first.id.as_str() {
+                    break;
+                }
+            }
+            Ok(response) => failures.push(format!("HTTP {}", response.status())),
+            Err(error) => failures.push(error.to_string()),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, the first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    assert!(answered >= 1);
+}

@@ -1,0 +1,226 @@
+//! Load balancing by least outstanding requests, with per-replica in-flight counters that
+//! outlive route-table swaps (a replica leaving the table still drains its requests).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::{Replica, Route, RouteTable};
+
+/// One replica as the request path sees it: its address and its shared in-flight counter.
+#[derive(Debug)]
+pub(crate) struct LiveReplica {
+    pub run: String,
+    pub addr: SocketAddr,
+    outstanding: Arc<AtomicUsize>,
+}
+
+/// A route with live replicas and a round-robin cursor for breaking ties.
+#[derive(Debug)]
+pub(crate) struct LiveRoute {
+    pub route: Route,
+    pub replicas: Vec<LiveReplica>,
+    cursor: AtomicUsize,
+}
+
+/// A route-table snapshot ready for the request path: built once per `update`, read lock-free.
+#[derive(Debug, Default)]
+pub(crate) struct LiveTable {
+    pub routes: Vec<LiveRoute>,
+    /// Routes only, in the same order, for the pure matcher.
+    pub plain: Vec<Route>,
+}
+
+/// Counts requests in flight per run id. The mutex is taken on table updates and reports
+/// only; requests touch just the atomics they were handed.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    by_run: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+}
+
+impl Counters {
+    /// Builds the live form of `table`, reusing the counters of runs already known and
+    /// forgetting idle runs that left the table.
+    pub fn live_table(&self, table: RouteTable) -> LiveTable {
+        let mut by_run = self.by_run.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wanted = std::collections::HashSet::new();
+        let mut routes = Vec::with_capacity(table.routes.len());
+        for route in &table.routes {
+            let replicas = route
+                .replicas
+                .iter()
+                .map(|Replica { run, addr }| {
+                    wanted.insert(run.clone());
+                    let outstanding = by_run.entry(run.clone()).or_default().clone();
+                    LiveReplica {
+                        run: run.clone(),
+                        addr: *addr,
+                        outstanding,
+                    }
+                })
+                .collect();
+            routes.push(LiveRoute {
+                route: route.clone(),
+                replicas,
+                cursor: AtomicUsize::new(0),
+            });
+        }
+        by_run.retain(|run, count| wanted.contains(run) || count.load(Ordering::Relaxed) > 0);
+        LiveTable {
+            routes,
+            plain: table.routes,
+        }
+    }
+
+    pub fn snapshot(&self) -> HashMap<String, usize> {
+        let by_run = self.by_run.lock().unwrap_or_else(|p| p.into_inner());
+        by_run
+            .iter()
+            .map(|(run, count)| (run.clone(), count.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// Counts one request against a replica for as long as it lives (until the response body
+/// is finished or dropped).
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    outstanding: Arc<AtomicUsize>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Picks the replica with the fewest requests outstanding, skipping addresses already tried;
+/// ties go round robin so that an idle route spreads its traffic.
+pub(crate) fn pick<'a>(
+    route: &'a LiveRoute,
+    tried: &[SocketAddr],
+) -> Option<(&'a LiveReplica, InFlight)> {
+    let count = route.replicas.len();
+    if count == 0 {
+        return None;
+    }
+    let start = route.cursor.fetch_add(1, Ordering::Relaxed) % count;
+    let mut best: Option<(&LiveReplica, usize)> = None;
+    for offset in 0..count {
+        let replica = &route.replicas[(start + offset) % count];
+        if tried.contains(&replica.addr) {
+            continue;
+        }
+        let load = replica.outstanding.load(Ordering::Relaxed);
+        if best.is_none_or(|(_, best_load)| load < best_load) {
+            best = Some((replica, load));
+        }
+    }
+    best.map(|(replica, _)| {
+        replica.outstanding.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight {
+            outstanding: replica.outstanding.clone(),
+        };
+        (replica, guard)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn table(runs: &[&str]) -> RouteTable {
+        RouteTable {
+            routes: vec![Route {
+                service: "chat".into(),
+                host: None,
+                path_prefix: "/".into(),
+                replicas: runs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, run)| Replica {
+                        run: run.to_string(),
+                        addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                    })
+                    .collect(),
+                hold: Duration::from_secs(1),
+            }],
+        }
+    }
+
+    #[test]
+    fn least_outstanding_replica_is_chosen() {
+        let counters = Counters::default();
+        let live = counters.live_table(table(&["a", "b", "c"]));
+        let route = &live.routes[0];
+        let (first, _g1) = pick(route, &[]).unwrap();
+        let (second, _g2) = pick(route, &[]).unwrap();
+        let (third, _g3) = pick(route, &[]).unwrap();
+        let mut runs = vec![first.run.clone(), second.run.clone(), third.run.clone()];
+        runs.sort();
+        assert_eq!(runs, ["a", "b", "c"], "each busy replica is avoided");
+        let snapshot = counters.snapshot();
+        assert_eq!(snapshot.values().sum::<usize>(), 3);
+    }
+
+    #[test]
+    fn finished_requests_free_their_replica() {
+        let counters = Counters::default();
+        let live = counters.live_table(table(&["a", "b"]));
+        let route = &live.routes[0];
+        let (busy, _held) = pick(route, &[]).unwrap();
+        let busy = busy.run.clone();
+        for _ in 0..10 {
+            let (replica, guard) = pick(route, &[]).unwrap();
+            assert_ne!(replica.run, busy);
+            drop(guard);
+        }
+        assert_eq!(counters.snapshot()[&busy], 1);
+    }
+
+    #[test]
+    fn idle_replicas_are_used_in_turn() {
+        let counters = Counters::default();
+        let live = counters.live_table(table(&["a", "b"]));
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..4 {
+            seen.insert(pick(&live.routes[0], &[]).unwrap().0.run.clone());
+        }
+        assert_eq!(seen.len(), 2);
+    }
+
+    #[test]
+    fn tried_addresses_are_skipped() {
+        let counters = Counters::default();
+        let live = counters.live_table(table(&["a", "b"]));
+        let route = &live.routes[0];
+        let a = route.replicas[0].addr;
+        for _ in 0..4 {
+            assert_eq!(pick(route, &[a]).unwrap().0.run, "b");
+        }
+        assert!(pick(route, &[a, route.replicas[1].addr]).is_none());
+    }
+
+    #[test]
+    fn counters_survive_updates_while_requests_drain() {
+        let counters = Counters::default();
+        let live = counters.live_table(table(&["a"]));
+        let (_, guard) = pick(&live.routes[0], &[]).unwrap();
+        let _next = counters.live_table(table(&["b"]));
+        assert_eq!(
+            counters.snapshot().get("a"),
+            Some(&1),
+            "draining run stays visible"
+        );
+        drop(guard);
+        let _after = counters.live_table(table(&["b"]));
+        assert_eq!(
+            counters.snapshot().get("a"),
+            None,
+            "idle run that left is forgotten"
+        );
+        assert_eq!(counters.snapshot().get("b"), Some(&0));
+    }
+}

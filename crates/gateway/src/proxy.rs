@@ -1,0 +1,390 @@
+//! Forwarding one request: limits, route lookup, holding, replica choice with retries, and
+//! header rewriting in both directions. Bodies stream through untouched.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::{Body as _, Bytes, Incoming};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, Uri, Version};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::balance::{self, InFlight, LiveRoute, LiveTable};
+use crate::hold::HeldSlot;
+use crate::route;
+use crate::{Error, Gateway};
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every body the gateway sends: a replica's streamed body or one of its own JSON answers.
+pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A replica that does not accept a connection by then counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Hyper's read buffer while it parses a header. It is twice the header limit so that a
+/// header a little over the limit still parses and gets our JSON 431; a much larger one hits
+/// hyper's own (bodiless) 431. Hyper refuses buffers under 8 KiB.
+pub(crate) fn header_buffer_bytes(max_header_bytes: usize) -> usize {
+    max_header_bytes.saturating_mul(2).max(8192)
+}
+
+pub(crate) async fn handle(
+    gateway: Arc<Gateway>,
+    client: SocketAddr,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    match forward(&gateway, client, request).await {
+        Ok(response) => Ok(response),
+        Err(error) => {
+            tracing::info!(%client, %method, %uri, code = error.code(), side = ?error.side(),
+                %error, "gateway answered with an error");
+            Ok(error.into_response())
+        }
+    }
+}
+
+/// The host a request names: the Host header, else the authority of an absolute URI.
+fn request_host(request: &Request<Incoming>) -> String {
+    request
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default()
+}
+
+/// Request line plus header lines, as the client sent them (give or take whitespace).
+fn header_bytes(request: &Request<Incoming>) -> usize {
+    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let fields: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    line + fields
+}
+
+async fn forward(
+    gateway: &Gateway,
+    client: SocketAddr,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Error> {
+    let size = header_bytes(&request);
+    if size > gateway.settings.max_header_bytes {
+        return Err(Error::HeadersTooLarge {
+            size,
+            limit: gateway.settings.max_header_bytes,
+        });
+    }
+    if let Some(protocol) = request.headers().get(hyper::header::UPGRADE) {
+        let protocol = String::from_utf8_lossy(protocol.as_bytes()).into_owned();
+        // An h2c upgrade is only an offer: dropped as a hop-by-hop header, the request goes
+        // on as HTTP/1.1. Anything else (WebSocket) needs the tunnel we do not have.
+        if !protocol.trim().eq_ignore_ascii_case("h2c") {
+            return Err(Error::UpgradeUnsupported { protocol });
+        }
+    }
+    let raw_host = request_host(&request);
+    let host = route::normalize_host(&raw_host);
+    let path = request.uri().path().to_string();
+    let mut hold = Hold::default();
+    let (mut table, mut index) = wait_for_replica(gateway, &host, &path, &[], &mut hold).await?;
+
+    let (parts, body) = request.into_parts();
+    let headers = upstream_headers(&parts.headers, client, &raw_host);
+    let target: Uri = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/")
+        .parse()
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    // Only a bodiless idempotent request can be sent twice: the body of any other request
+    // has been streamed into the first replica and is gone.
+    let replayable = body.is_end_stream() && is_idempotent(&parts.method);
+    let mut body = Some(body);
+    let build = |body: Body| {
+        let mut upstream = Request::new(body);
+        *upstream.method_mut() = parts.method.clone();
+        *upstream.uri_mut() = target.clone();
+        *upstream.version_mut() = Version::HTTP_11;
+        *upstream.headers_mut() = headers.clone();
+        upstream
+    };
+
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut unreachable: Vec<String> = Vec::new();
+    let mut replayed = false;
+    loop {
+        let route = &table.routes[index];
+        let Some((replica, in_flight)) = balance::pick(route, &tried) else {
+            // Every replica in the table failed before the request reached it (a replica was
+            // killed and the table does not know yet): wait, within the route's hold, for the
+            // table to bring one not tried yet, such as the replacement.
+            let service = route.route.service.clone();
+            match wait_for_replica(gateway, &host, &path, &tried, &mut hold).await {
+                Ok((newer, newer_index)) => {
+                    (table, index) = (newer, newer_index);
+                    continue;
+                }
+                Err(Error::NoReadyReplica { .. }) => {
+                    return Err(Error::UpstreamUnreachable {
+                        service,
+                        detail: unreachable.join("; "),
+                    })
+                }
+                Err(other) => return Err(other),
+            }
+        };
+        tried.push(replica.addr);
+        let mut sender = match connect(replica.addr).await {
+            Ok(sender) => sender,
+            Err(detail) => {
+                tracing::warn!(service = %route.route.service, run = %replica.run,
+                    addr = %replica.addr, %detail, "replica unreachable, trying another");
+                unreachable.push(format!("{} at {}: {detail}", replica.run, replica.addr));
+                continue;
+            }
+        };
+        let upstream_body = if replayable {
+            Empty::new().map_err(|never| match never {}).boxed_unsync()
+        } else {
+            match body.take() {
+                Some(body) => body.map_err(BoxError::from).boxed_unsync(),
+                // Unreachable: a non-replayable request returns after its first connection.
+                None => Empty::new().map_err(|never| match never {}).boxed_unsync(),
+            }
+        };
+        match sender.send_request(build(upstream_body)).await {
+            Ok(response) => return Ok(downstream_response(response, in_flight)),
+            Err(error) => {
+                let failure = Error::UpstreamFailed {
+                    service: route.route.service.clone(),
+                    run: replica.run.clone(),
+                    detail: error.to_string(),
+                };
+                if replayable && !replayed {
+                    tracing::warn!(%failure, "replaying an idempotent request on another replica");
+                    replayed = true;
+                    continue;
+                }
+                return Err(failure);
+            }
+        }
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
+
+/// A request's place in the hold queue and its deadline, kept across waits so that one request
+/// never waits longer than its route's hold in all.
+#[derive(Default)]
+struct Hold {
+    slot: Option<HeldSlot>,
+    deadline: Option<tokio::time::Instant>,
+}
+
+/// Finds the route and waits, within its hold and the hold queue's bound, until it has a
+/// ready replica other than those in `excluded`. Every table update wakes the wait to look
+/// again.
+async fn wait_for_replica(
+    gateway: &Gateway,
+    host: &str,
+    path: &str,
+    excluded: &[SocketAddr],
+    hold: &mut Hold,
+) -> Result<(Arc<LiveTable>, usize), Error> {
+    loop {
+        let updated = gateway.holds.updated.notified();
+        tokio::pin!(updated);
+        // Registered before reading the table, so an update in between is not missed.
+        updated.as_mut().enable();
+        let table = gateway.table.load_full();
+        let Some(index) = route::find(&table.plain, host, path) else {
+            return Err(Error::NoRoute {
+                host: host.to_string(),
+                path: path.to_string(),
+            });
+        };
+        let live: &LiveRoute = &table.routes[index];
+        if live.replicas.iter().any(|r| !excluded.contains(&r.addr)) {
+            return Ok((table, index));
+        }
+        if hold.slot.is_none() {
+            hold.slot = Some(
+                gateway
+                    .holds
+                    .try_enter()
+                    .ok_or_else(|| Error::HoldQueueFull {
+                        service: live.route.service.clone(),
+                        limit: gateway.holds.limit(),
+                    })?,
+            );
+        }
+        let deadline = *hold
+            .deadline
+            .get_or_insert_with(|| tokio::time::Instant::now() + live.route.hold);
+        if tokio::time::timeout_at(deadline, updated).await.is_err() {
+            return Err(Error::NoReadyReplica {
+                service: live.route.service.clone(),
+                hold: live.route.hold,
+            });
+        }
+    }
+}
+
+async fn connect(
+    addr: SocketAddr,
+) -> Result<hyper::client::conn::http1::SendRequest<Body>, String> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return Err(error.to_string()),
+        Err(_) => return Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|error| error.to_string())?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%addr, %error, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// The replica's response with hop-by-hop headers removed; the in-flight count lasts until
+/// its body is finished or dropped.
+fn downstream_response(response: Response<Incoming>, in_flight: InFlight) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let body = body
+        .map_frame(move |frame| {
+            let _counted = &in_flight;
+            frame
+        })
+        .map_err(BoxError::from)
+        .boxed_unsync();
+    Response::from_parts(parts, body)
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1).
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy {
+        headers.remove(name);
+    }
+}
+
+/// The client's headers as the replica should see them: hop-by-hop ones gone, the client's
+/// address appended to `X-Forwarded-For`, and the original host and scheme recorded.
+pub(crate) fn upstream_headers(headers: &HeaderMap, client: SocketAddr, host: &str) -> HeaderMap {
+    let mut headers = headers.clone();
+    strip_hop_by_hop(&mut headers);
+    let client_ip = client.ip().to_string();
+    let forwarded_for = match headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect::<Vec<_>>()
+    {
+        earlier if earlier.is_empty() => client_ip,
+        earlier => format!("{}, {client_ip}", earlier.join(", ")),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Ok(value) = HeaderValue::from_str(host) {
+        if !host.is_empty() {
+            headers.insert("x-forwarded-host", value);
+        }
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("proxy-authorization", HeaderValue::from_static("basic x"));
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        headers.insert("trailer", HeaderValue::from_static("x-sum"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert("upgrade", HeaderValue::from_static("h2c"));
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type"]);
+    }
+
+    #[test]
+    fn forwarded_headers_are_set_and_appended() {
+        let client: SocketAddr = "10.0.0.7:5555".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let out = upstream_headers(&headers, client, "Chat.lan:8080");
+        assert_eq!(out["x-forwarded-for"], "1.2.3.4, 10.0.0.7");
+        assert_eq!(out["x-forwarded-proto"], "http");
+        assert_eq!(out["x-forwarded-host"], "Chat.lan:8080");
+
+        let out = upstream_headers(&HeaderMap::new(), client, "");
+        assert_eq!(out["x-forwarded-for"], "10.0.0.7");
+        assert!(out.get("x-forwarded-host").is_none());
+    }
+
+    #[test]
+    fn header_buffer_is_never_under_hypers_minimum() {
+        assert_eq!(header_buffer_bytes(100), 8192);
+        assert_eq!(header_buffer_bytes(64 * 1024), 128 * 1024);
+    }
+}
