@@ -38,6 +38,11 @@ impl Holds {
         self.limit
     }
 
+    /// Requests waiting now.
+    pub fn count(&self) -> usize {
+        self.held.load(Ordering::Relaxed).min(self.limit)
+    }
+
     /// A place in the queue, or `None` when `limit` requests already wait.
     pub fn try_enter(&self) -> Option<HeldSlot> {
         let previous = self.held.fetch_add(1, Ordering::Relaxed);

@@ -118,6 +118,11 @@ impl Gateway {
         self.holds.wake_all();
     }
 
+    /// Requests waiting for a ready replica now.
+    pub fn held(&self) -> usize {
+        self.holds.count()
+    }
+
     /// Requests in flight per replica (run id → count), for draining. A run that left the
     /// table stays listed while it still has requests.
     pub fn in_flight(&self) -> HashMap<String, usize> {

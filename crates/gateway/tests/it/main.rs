@@ -168,7 +168,7 @@ async fn poll_until(mut condition: impl FnMut() -> bool) {
             Instant::now() < deadline,
             "condition not met within {PATIENCE:?}"
         );
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -607,4 +607,34 @@ async fn read_response_head(stream: &mut TcpStream) {
         );
         all.extend_from_slice(&buffer[..n]);
     }
+}
+
+#[tokio::test]
+async fn a_request_whose_replicas_all_refuse_waits_for_a_new_one() {
+    let (gateway, url) = start_gateway(Settings::default()).await;
+    let dead = dead().await;
+    // The table still lists a replica that was just killed; its replacement is not there yet.
+    gateway.update(RouteTable {
+        routes: vec![route("chat", None, "/", &[("dead-1", dead)])],
+    });
+    let waiting = tokio::spawn({
+        let client = http();
+        let url = url.clone();
+        async move { client.get(format!("{url}/x")).send().await.unwrap() }
+    });
+    // Once the request has found the dead replica and is held, the replacement arrives.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while gateway.held() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request was never held"
+        );
+        tokio::task::yield_now().await;
+    }
+    let live = echo("live").await;
+    gateway.update(RouteTable {
+        routes: vec![route("chat", None, "/", &[("live-2", live)])],
+    });
+    let (status, seen) = json(waiting.await.unwrap()).await;
+    assert_eq!((status, seen["name"].as_str()), (200, Some("live")));
 }
