@@ -11,6 +11,9 @@ use domain::{OwnerKind, RunState};
 /// How long a request waits for a ready replica before it is answered 503.
 pub const DEFAULT_HOLD: Duration = Duration::from_secs(30);
 
+/// How long a replica being stopped may take to finish the requests it has in flight.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+
 pub fn route_table(view: &orchestrator::View) -> gateway::RouteTable {
     let mut routes = Vec::new();
     for service in &view.services {

@@ -98,6 +98,8 @@ pub async fn up(args: UpArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         config::ConfigSource::File(path) => path.display().to_string(),
         config::ConfigSource::Embedded => "embedded".to_string(),
     };
+    let gateway = gateway::Gateway::new(gateway::Settings::default());
+    let counts = gateway.clone();
     let settings = orchestrator::Settings {
         data_dir: data_dir.clone(),
         control_url: format!("http://{}", reachable(api_addr)),
@@ -110,6 +112,10 @@ pub async fn up(args: UpArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
                 .into_os_string(),
             MONITOR_SUBCOMMAND.into(),
         ],
+        in_flight: Some(orchestrator::InFlight(Arc::new(move |run: &str| {
+            counts.in_flight().get(run).copied().unwrap_or(0)
+        }))),
+        drain_timeout: crate::routes::DEFAULT_DRAIN,
     };
     let desired = orchestrator::Desired {
         services: config.services.clone(),
@@ -141,7 +147,6 @@ pub async fn up(args: UpArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
             let _ = stopped.wait_for(|stop| *stop).await;
         }))
     };
-    let gateway = gateway::Gateway::new(gateway::Settings::default());
     let routes_task = tokio::spawn(crate::routes::follow(handle.clone(), gateway.clone()));
     let gateway_task = {
         let mut stopped = servers_stopped.clone();

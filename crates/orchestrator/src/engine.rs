@@ -1289,9 +1289,23 @@ impl Engine {
             probe.abort();
         }
         let grace = live.stop_grace;
+        // A service replica leaves the gateway's rotation with this step (its state is no
+        // longer ready); its requests in flight finish before it is signalled.
+        let drain = match (&self.settings.in_flight, live.record.owner.kind) {
+            (Some(in_flight), OwnerKind::Service) => Some(in_flight.clone()),
+            _ => None,
+        };
         let message = format!(
-            "stopping: {} (SIGTERM, SIGKILL after {})",
+            "stopping: {} ({}SIGTERM, SIGKILL after {})",
             cause.describe(),
+            if drain.is_some() {
+                format!(
+                    "draining requests for up to {}, then ",
+                    humantime_secs(self.settings.drain_timeout)
+                )
+            } else {
+                String::new()
+            },
             humantime_secs(grace)
         );
         live.stop = Some(cause);
@@ -1312,7 +1326,25 @@ impl Engine {
         );
         match handle {
             Some(handle) => {
+                let run = run.to_string();
+                let drain_timeout = self.settings.drain_timeout;
+                let mut views = self.view.subscribe();
                 tokio::spawn(async move {
+                    if let Some(in_flight) = drain {
+                        // First the view without this replica must be out (the gateway follows
+                        // it), then its requests must finish.
+                        let deadline = tokio::time::Instant::now() + drain_timeout;
+                        let out_of_rotation = views.wait_for(|view| {
+                            !view
+                                .runs
+                                .iter()
+                                .any(|r| r.id.as_str() == run && r.state == RunState::Ready)
+                        });
+                        let _ = tokio::time::timeout_at(deadline, out_of_rotation).await;
+                        while (in_flight.0)(&run) > 0 && tokio::time::Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
                     supervisor::stop_group(handle, grace).await;
                 });
             }

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use domain::{Device, Event, JobSpec, Name, RunId, ServiceSpec};
 use store::Store;
@@ -35,6 +36,20 @@ pub struct Settings {
     pub keep_runs: u32,
     /// Program and leading arguments that start the supervisor's monitor process.
     pub monitor_command: Vec<OsString>,
+    /// Requests in flight to a Run, as the gateway counts them: a service replica is taken out
+    /// of rotation, then stopped only once this reaches zero (or `drain_timeout` passes).
+    pub in_flight: Option<InFlight>,
+    pub drain_timeout: Duration,
+}
+
+/// How many requests are in flight to a Run (by run id).
+#[derive(Clone)]
+pub struct InFlight(pub Arc<dyn Fn(&str) -> usize + Send + Sync>);
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InFlight(..)")
+    }
 }
 
 /// The declared world: what should run, and on what.

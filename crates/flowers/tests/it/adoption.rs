@@ -168,7 +168,7 @@ start_timeout = "20s"
         assert!(
             stopping
                 .message
-                .starts_with(&format!("stopping: {reason} (SIGTERM")),
+                .starts_with(&format!("stopping: {reason} (draining requests")),
             "{}",
             stopping.message
         );

@@ -126,3 +126,51 @@ async fn killing_the_only_serving_replica_fails_no_request() {
     );
     assert!(answered >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_replica_finishes_its_requests_in_flight_first() {
+    let server = TestServer::start(&service(
+        "web",
+        "routes = [{ path = \"/\" }]\nstop_grace = \"10s\"",
+    ))
+    .await;
+    let run = server.ready_runs("web", 1).await.remove(0);
+    let http = reqwest::Client::new();
+    server
+        .eventually("the gateway to route to the replica", || async {
+            let response = http.get(gateway_url(&server, "/pid")).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+
+    // A POST (never replayed) in flight when the replica is told to stop.
+    let in_flight = tokio::spawn({
+        let http = http.clone();
+        let url = gateway_url(&server, "/sleep?secs=1.5");
+        async move { http.post(url).body("precious").send().await }
+    });
+    server.wait_for_output(&run.id, "sleeping 1.5s").await;
+    let (code, out, err) = server.cli(&["stop", &run.id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("stopping {}", run.id)), "{out}");
+
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["body"], "precious");
+    assert_eq!(answer["run"], run.id.as_str());
+
+    let stopping = server.event("web", "run_stopping").await;
+    assert!(
+        stopping.message.contains("draining requests"),
+        "{}",
+        stopping.message
+    );
+    let stopped = server.event("web", "run_stopped").await;
+    assert_eq!(stopped.run.as_deref(), Some(run.id.as_str()));
+    // SIGTERM came only after the answer: the workload exits 0 on it.
+    assert_eq!(server.client.run(&run.id).await.unwrap().exit_code, Some(0));
+}

@@ -12,7 +12,8 @@ flowers.toml:
   WORKLOAD_NO_SERVER=1           do not listen at all (a job)
 
 Endpoints: /healthz, /env (FLOWERS_* and CUDA_VISIBLE_DEVICES as JSON), /headers, /pid, /grandchild,
-/crash?code=N (exit now), /sick (make /healthz fail from now on).
+/crash?code=N (exit now), /sick (make /healthz fail from now on); POST /sleep?secs=S answers
+after S seconds (a request in flight).
 """
 
 import json
@@ -101,6 +102,19 @@ class Handler(BaseHTTPRequestHandler):
         elif url.path == "/sick":
             sick.set()
             self.answer(200, {"sick": True})
+        else:
+            self.answer(404, {"error": "not found"})
+
+
+    def do_POST(self):
+        url = urlparse(self.path)
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(length).decode() if length else ""
+        if url.path == "/sleep":
+            secs = float(parse_qs(url.query).get("secs", ["1"])[0])
+            log(f"sleeping {secs}s for {body!r}")
+            time.sleep(secs)
+            self.answer(200, {"slept": secs, "body": body, "run": os.environ.get("FLOWERS_RUN_ID")})
         else:
             self.answer(404, {"error": "not found"})
 
