@@ -33,6 +33,12 @@ const ROOT_KEYS: &[&str] = &["server", "devices", "logs", "services", "jobs"];
 const SERVER_KEYS: &[&str] = &["gateway_listen", "api_listen", "data_dir"];
 const DEVICES_KEYS: &[&str] = &["cpu_slots"];
 const LOGS_KEYS: &[&str] = &["max_size", "keep", "keep_runs"];
+/// How long a request waits for a ready replica by default, and at most.
+const DEFAULT_HOLD: Duration = Duration::from_secs(30);
+const MAX_HOLD: Duration = Duration::from_secs(3600);
+/// The largest request body a service's routes accept by default.
+const DEFAULT_MAX_BODY: ByteSize = ByteSize(100 * ByteSize::MIB);
+
 const SERVICE_KEYS: &[&str] = &[
     "command",
     "workdir",
@@ -43,6 +49,8 @@ const SERVICE_KEYS: &[&str] = &[
     "stop_grace",
     "model",
     "routes",
+    "hold",
+    "max_body",
     "probe",
     "restart",
 ];
@@ -353,6 +361,20 @@ impl Walker<'_> {
             .unwrap_or(DEFAULT_SERVICE_STOP_GRACE);
         let model = self.read(&section, "model", model_name);
         let routes = self.routes(&section);
+        let hold = self
+            .read(&section, "hold", |item| {
+                duration(item, Zero::Allowed, Some(MAX_HOLD))
+            })
+            .unwrap_or(DEFAULT_HOLD);
+        let max_body = self
+            .read(&section, "max_body", |item| {
+                let size = byte_size(item)?;
+                if size.bytes() == 0 {
+                    return Err(format!("expected a size above zero, got {}", got(item)));
+                }
+                Ok(size)
+            })
+            .unwrap_or(DEFAULT_MAX_BODY);
         let probe = self.probe(&section);
         let restart = self.restart(&section);
         Some(ServiceSpec {
@@ -366,6 +388,8 @@ impl Walker<'_> {
             restart,
             stop_grace,
             routes,
+            hold,
+            max_body,
             model,
         })
     }

@@ -589,6 +589,8 @@ replicas = 2
 devices = 1
 vram = "2GiB"
 stop_grace = "15s"
+hold = "5s"
+max_body = "1MiB"
 model = "m"
 routes = [{ path = "/v1" }, { host = "Chat.LAN", path = "/" }, { host = "api.lan" }]
 
@@ -685,6 +687,8 @@ fn full_example_loads_into_the_expected_specs() {
             healthy_after: Duration::from_secs(90),
         },
         stop_grace: Duration::from_secs(15),
+        hold: Duration::from_secs(5),
+        max_body: ByteSize::mib(1),
         routes: vec![
             RouteSpec {
                 host: None,
@@ -825,4 +829,20 @@ priority = 3
             check(&text);
         }
     }
+}
+
+#[test]
+fn hold_and_max_body_are_checked() {
+    assert_eq!(
+        problem("[services.web]\ncommand = [\"app\"]\nmax_body = \"0\"\n"),
+        "flowers.toml:3: services.web.max_body: expected a size above zero, got \"0\""
+    );
+    assert_eq!(
+        problem("[services.web]\ncommand = [\"app\"]\nhold = \"2h\"\n"),
+        "flowers.toml:3: services.web.hold: expected a duration of at most 1h, got \"2h\""
+    );
+    let config = load("[services.web]\ncommand = [\"app\"]\n").unwrap();
+    let web = &config.services[&name("web")];
+    assert_eq!(web.hold, Duration::from_secs(30));
+    assert_eq!(web.max_body, ByteSize::mib(100));
 }

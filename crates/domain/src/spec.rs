@@ -121,6 +121,11 @@ pub struct ServiceSpec {
     #[serde(with = "humantime_serde")]
     pub stop_grace: Duration,
     pub routes: Vec<RouteSpec>,
+    /// How long a request on its routes waits for a ready replica before it gets 503.
+    #[serde(with = "humantime_serde")]
+    pub hold: Duration,
+    /// The largest request body its routes accept.
+    pub max_body: ByteSize,
     /// The Model whose promoted version this service serves.
     pub model: Option<Name>,
 }

@@ -8,9 +8,6 @@ use std::time::Duration;
 
 use domain::{OwnerKind, RunState};
 
-/// How long a request waits for a ready replica before it is answered 503.
-pub const DEFAULT_HOLD: Duration = Duration::from_secs(30);
-
 /// How long a replica being stopped may take to finish the requests it has in flight.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 
@@ -38,7 +35,8 @@ pub fn route_table(view: &orchestrator::View) -> gateway::RouteTable {
                 host: route.host.clone(),
                 path_prefix: route.path_prefix.clone(),
                 replicas: replicas.clone(),
-                hold: DEFAULT_HOLD,
+                hold: service.spec.hold,
+                max_body: service.spec.max_body.bytes(),
             });
         }
     }

@@ -146,6 +146,7 @@ mod tests {
                     })
                     .collect(),
                 hold: Duration::from_secs(1),
+                max_body: 1 << 20,
             }],
         }
     }

@@ -28,6 +28,12 @@ pub enum Error {
     HeadersTooLarge { size: usize, limit: usize },
     #[error("the gateway does not pass through protocol upgrades (Upgrade: {protocol})")]
     UpgradeUnsupported { protocol: String },
+    #[error("the request body is {size} bytes, over service {service}'s limit of {limit} bytes")]
+    BodyTooLarge {
+        service: String,
+        size: u64,
+        limit: u64,
+    },
     #[error("no replica of service {service} became ready within {hold:?}")]
     NoReadyReplica { service: String, hold: Duration },
     #[error(
@@ -49,6 +55,7 @@ impl Error {
         match self {
             Error::NoRoute { .. } => "no_route",
             Error::HeadersTooLarge { .. } => "headers_too_large",
+            Error::BodyTooLarge { .. } => "body_too_large",
             Error::UpgradeUnsupported { .. } => "upgrade_unsupported",
             Error::NoReadyReplica { .. } => "no_ready_replica",
             Error::HoldQueueFull { .. } => "hold_queue_full",
@@ -61,6 +68,7 @@ impl Error {
         match self {
             Error::NoRoute { .. } => StatusCode::NOT_FOUND,
             Error::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UpgradeUnsupported { .. } => StatusCode::NOT_IMPLEMENTED,
             Error::NoReadyReplica { .. } | Error::HoldQueueFull { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -75,6 +83,7 @@ impl Error {
         match self {
             Error::NoRoute { .. }
             | Error::HeadersTooLarge { .. }
+            | Error::BodyTooLarge { .. }
             | Error::UpgradeUnsupported { .. } => Side::Client,
             Error::NoReadyReplica { .. } | Error::HoldQueueFull { .. } => Side::Flowers,
             Error::UpstreamUnreachable { .. } | Error::UpstreamFailed { .. } => Side::Upstream,
@@ -121,6 +130,11 @@ mod tests {
                 path: "/".into(),
             },
             Error::HeadersTooLarge { size: 2, limit: 1 },
+            Error::BodyTooLarge {
+                service: "s".into(),
+                size: 2,
+                limit: 1,
+            },
             Error::UpgradeUnsupported {
                 protocol: "websocket".into(),
             },

@@ -58,6 +58,8 @@ pub struct Route {
     pub replicas: Vec<Replica>,
     /// How long a request waits for a ready replica before a 503.
     pub hold: Duration,
+    /// The largest request body accepted, in bytes (413 beyond).
+    pub max_body: u64,
 }
 
 /// A complete snapshot of the routes; each [`Gateway::update`] replaces the previous one.

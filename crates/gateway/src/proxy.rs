@@ -95,6 +95,20 @@ async fn forward(
     let raw_host = request_host(&request);
     let host = route::normalize_host(&raw_host);
     let path = request.uri().path().to_string();
+    // A declared length over the route's limit is refused before anything waits or connects.
+    if let Some(size) = content_length(&request) {
+        let table = gateway.table.load();
+        if let Some(index) = route::find(&table.plain, &host, &path) {
+            let route = &table.plain[index];
+            if size > route.max_body {
+                return Err(Error::BodyTooLarge {
+                    service: route.service.clone(),
+                    size,
+                    limit: route.max_body,
+                });
+            }
+        }
+    }
     let mut hold = Hold::default();
     let (mut table, mut index) = wait_for_replica(gateway, &host, &path, &[], &mut hold).await?;
 
@@ -158,7 +172,11 @@ async fn forward(
             Empty::new().map_err(|never| match never {}).boxed_unsync()
         } else {
             match body.take() {
-                Some(body) => body.map_err(BoxError::from).boxed_unsync(),
+                // A body without a declared length is cut off at the limit: the replica sees
+                // the request fail rather than an endless upload.
+                Some(body) => {
+                    http_body_util::Limited::new(body, route.route.max_body as usize).boxed_unsync()
+                }
                 // Unreachable: a non-replayable request returns after its first connection.
                 None => Empty::new().map_err(|never| match never {}).boxed_unsync(),
             }
@@ -180,6 +198,17 @@ async fn forward(
             }
         }
     }
+}
+
+fn content_length(request: &Request<Incoming>) -> Option<u64> {
+    request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn is_idempotent(method: &Method) -> bool {

@@ -70,6 +70,7 @@ mod tests {
             path_prefix: prefix.to_string(),
             replicas: Vec::new(),
             hold: Duration::from_secs(1),
+            max_body: 1 << 20,
         }
     }
 

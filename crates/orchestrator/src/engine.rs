@@ -1613,6 +1613,8 @@ mod tests {
             restart: Default::default(),
             stop_grace: Duration::from_secs(1),
             routes: vec![],
+            hold: Duration::from_secs(30),
+            max_body: ByteSize::mib(100),
             model: None,
         };
         let first = spec_hash(&spec);

@@ -174,3 +174,39 @@ async fn a_stopped_replica_finishes_its_requests_in_flight_first() {
     // SIGTERM came only after the answer: the workload exits 0 on it.
     assert_eq!(server.client.run(&run.id).await.unwrap().exit_code, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_services_limit_is_refused_with_413() {
+    let server = TestServer::start(&service(
+        "web",
+        "routes = [{ path = \"/\" }]\nmax_body = \"1KiB\"",
+    ))
+    .await;
+    server.ready_runs("web", 1).await;
+    let http = reqwest::Client::new();
+    let small = server
+        .eventually("a small body to pass", || async {
+            let response = http
+                .post(gateway_url(&server, "/sleep?secs=0"))
+                .body("x".repeat(1024))
+                .send()
+                .await
+                .ok()?;
+            response.status().is_success().then_some(response)
+        })
+        .await;
+    assert_eq!(small.status(), 200);
+    let large = http
+        .post(gateway_url(&server, "/sleep?secs=0"))
+        .body("x".repeat(1025))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(large.status(), 413);
+    let error: serde_json::Value = large.json().await.unwrap();
+    assert_eq!(error["code"], "body_too_large");
+    assert_eq!(
+        error["message"],
+        "the request body is 1025 bytes, over service web's limit of 1024 bytes"
+    );
+}

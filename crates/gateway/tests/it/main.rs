@@ -145,6 +145,7 @@ fn route(
             })
             .collect(),
         hold: Duration::from_secs(5),
+        max_body: 1 << 20,
     }
 }
 
