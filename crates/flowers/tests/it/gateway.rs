@@ -9,6 +9,16 @@ fn gateway_url(server: &TestServer, path: &str) -> String {
     format!("http://127.0.0.1:{}{path}", server.gateway_port)
 }
 
+/// Waits until the gateway's table routes `/pid` to a ready replica.
+async fn routed(server: &TestServer, http: &reqwest::Client) {
+    server
+        .eventually("the gateway to route to the replica", || async {
+            let response = http.get(gateway_url(server, "/pid")).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_spread_over_ready_replicas_with_forwarding_headers() {
     let server =
@@ -86,12 +96,7 @@ async fn killing_the_only_serving_replica_fails_no_request() {
     .await;
     let first = server.ready_runs("web", 1).await.remove(0);
     let http = reqwest::Client::new();
-    server
-        .eventually("the gateway to route to the replica", || async {
-            let response = http.get(gateway_url(&server, "/pid")).send().await.ok()?;
-            response.status().is_success().then_some(())
-        })
-        .await;
+    routed(&server, &http).await;
 
     // kill -9 of the replica's process, then keep asking until its replacement answers.
     signal(first.child_pid.unwrap(), libc::SIGKILL);
@@ -136,12 +141,7 @@ async fn a_stopped_replica_finishes_its_requests_in_flight_first() {
     .await;
     let run = server.ready_runs("web", 1).await.remove(0);
     let http = reqwest::Client::new();
-    server
-        .eventually("the gateway to route to the replica", || async {
-            let response = http.get(gateway_url(&server, "/pid")).send().await.ok()?;
-            response.status().is_success().then_some(())
-        })
-        .await;
+    routed(&server, &http).await;
 
     // A POST (never replayed) in flight when the replica is told to stop.
     let in_flight = tokio::spawn({
