@@ -349,15 +349,7 @@ async fn runs_and_events_survive_a_kill_9() {
     ))
     .await;
     server.event("web", "run_exited").await;
-    let second = server
-        .eventually("a replacement", || async {
-            let service = server.client.service("web").await.ok()?;
-            service
-                .runs
-                .into_iter()
-                .find(|r| r.id != first.id && r.state == "ready")
-        })
-        .await;
+    let second = server.replacement("web", &first.id).await;
     let events_before = server.client.events(Some(0), None, 10_000).await.unwrap();
     let runs_before = server.client.runs(None, false, 100).await.unwrap();
     assert_eq!(runs_before.len(), 2);

@@ -60,15 +60,7 @@ async fn a_job_is_idle_until_run_then_runs_and_succeeds() {
     let last = succeeded.last_run.unwrap();
     assert_eq!(last.id, run.id);
     assert_eq!(last.exit_code, Some(0));
-    assert_eq!(
-        server
-            .client
-            .runs(Some("train"), false, 10)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(server.run_count("train").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,15 +136,7 @@ async fn running_a_job_that_is_already_running_is_a_conflict() {
         other => panic!("expected a conflict, got {other:?}"),
     }
     // Still the one Run.
-    assert_eq!(
-        server
-            .client
-            .runs(Some("train"), false, 10)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(server.run_count("train").await, 1);
     assert!(process_alive(run.child_pid.unwrap()));
 }
 
@@ -187,15 +171,7 @@ async fn a_stopped_job_is_not_restarted() {
         .events_matching("train", "run_restart_scheduled", 0)
         .await
         .is_empty());
-    assert_eq!(
-        server
-            .client
-            .runs(Some("train"), false, 10)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(server.run_count("train").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,15 +93,7 @@ async fn a_crashed_replica_is_restarted_with_exponential_backoff() {
             "{}",
             restarts[round - 1].message
         );
-        let replacement = server
-            .eventually("a new replica", || async {
-                let service = server.client.service("web").await.ok()?;
-                service
-                    .runs
-                    .into_iter()
-                    .find(|r| r.id != run.id && r.state == "ready")
-            })
-            .await;
+        let replacement = server.replacement("web", &run.id).await;
         let exited = server.client.run(&run.id).await.unwrap();
         assert_eq!(exited.state, "exited");
         assert_eq!(exited.exit_code, Some(3));
@@ -135,12 +127,7 @@ async fn a_crash_loop_stops_restarts_is_visible_and_reset_clears_it() {
     assert!(service.runs.is_empty());
     assert!(service.reason.unwrap().contains("flowers reset bad"));
     assert_eq!(
-        server
-            .client
-            .runs(Some("bad"), false, 100)
-            .await
-            .unwrap()
-            .len(),
+        server.run_count("bad").await,
         3,
         "no start after the crash loop began"
     );
@@ -171,15 +158,7 @@ async fn a_replica_that_fails_its_liveness_probe_is_replaced() {
         "{}",
         unhealthy.message
     );
-    let replacement = server
-        .eventually("a replacement", || async {
-            let service = server.client.service("web").await.ok()?;
-            service
-                .runs
-                .into_iter()
-                .find(|r| r.id != run.id && r.state == "ready")
-        })
-        .await;
+    let replacement = server.replacement("web", &run.id).await;
     assert_ne!(replacement.id, run.id);
     assert!(!process_alive(run.child_pid.unwrap()));
 }
@@ -289,15 +268,7 @@ async fn a_crash_loop_survives_a_restart_until_the_configuration_changes() {
     let remembered = server.service("bad").await;
     assert_eq!(remembered.state, "crash_loop");
     assert_eq!(remembered.consecutive_failures, 2);
-    assert_eq!(
-        server
-            .client
-            .runs(Some("bad"), false, 100)
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(server.run_count("bad").await, 2);
 
     // The user fixes the service: it starts afresh.
     server.terminate();

@@ -187,6 +187,27 @@ impl TestServer {
         .await;
     }
 
+    /// How many Runs `owner` has had, ended ones included.
+    pub async fn run_count(&self, owner: &str) -> usize {
+        self.client
+            .runs(Some(owner), false, 10_000)
+            .await
+            .expect("runs")
+            .len()
+    }
+
+    /// Waits for a ready replica of `name` other than `old` (its replacement).
+    pub async fn replacement(&self, name: &str, old: &str) -> RunInfo {
+        self.eventually(&format!("a replacement of {old}"), || async {
+            let service = self.client.service(name).await.ok()?;
+            service
+                .runs
+                .into_iter()
+                .find(|r| r.id != old && r.state == "ready")
+        })
+        .await
+    }
+
     pub async fn service(&self, name: &str) -> ServiceInfo {
         self.client.service(name).await.expect("service")
     }
