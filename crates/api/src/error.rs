@@ -62,10 +62,18 @@ impl From<orchestrator::Error> for ApiFailure {
     fn from(error: orchestrator::Error) -> Self {
         use orchestrator::Error as E;
         match &error {
-            E::UnknownOwner(_) | E::UnknownJob(_) | E::UnknownRun(_) => {
-                ApiFailure::not_found(error.to_string())
-            }
+            E::UnknownOwner(_)
+            | E::UnknownJob(_)
+            | E::UnknownRun(_)
+            | E::UnknownModel(_)
+            | E::UnknownVersion(..) => ApiFailure::not_found(error.to_string()),
             E::RunEnded(_) | E::JobAlreadyRunning(..) => ApiFailure::conflict(error.to_string()),
+            E::Refused(_) | E::Version(orchestrator::versions::VersionError::Source { .. }) => {
+                ApiFailure::bad_request(error.to_string())
+            }
+            E::Version(orchestrator::versions::VersionError::Write { .. }) => {
+                ApiFailure::internal(error)
+            }
             E::ShuttingDown => ApiFailure {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "shutting_down",

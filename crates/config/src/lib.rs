@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use domain::{ByteSize, JobSpec, Name, ServiceSpec};
+use domain::{ByteSize, JobSpec, ModelSpec, Name, ServiceSpec};
 
 pub use error::{ConfigError, Problem};
 
@@ -37,6 +37,9 @@ pub struct Config {
     pub services: BTreeMap<Name, ServiceSpec>,
     /// `[jobs.NAME]` tables: run-to-completion processes. No job shares a name with a service.
     pub jobs: BTreeMap<Name, JobSpec>,
+    /// `[models.NAME]` tables, plus every model a service or job names without declaring it
+    /// (manual promotion, default retention).
+    pub models: BTreeMap<Name, ModelSpec>,
     pub source: ConfigSource,
 }
 
@@ -245,10 +248,29 @@ fn build(
                 .logs_keep_runs
                 .unwrap_or(LogsConfig::default().keep_runs),
         },
+        models: with_implied_models(file.models, &file.services, &file.jobs),
         services: file.services,
         jobs: file.jobs,
         source,
     })
+}
+
+/// Declared models, plus an implied one for each model a service or job names.
+fn with_implied_models(
+    mut models: BTreeMap<Name, ModelSpec>,
+    services: &BTreeMap<Name, ServiceSpec>,
+    jobs: &BTreeMap<Name, JobSpec>,
+) -> BTreeMap<Name, ModelSpec> {
+    let named = services
+        .values()
+        .filter_map(|s| s.model.as_ref())
+        .chain(jobs.values().filter_map(|j| j.model.as_ref()));
+    for name in named {
+        models
+            .entry(name.clone())
+            .or_insert_with(|| ModelSpec::implied(name.clone()));
+    }
+    models
 }
 
 #[cfg(test)]

@@ -12,8 +12,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use domain::{
-    ByteSize, JobSpec, Name, ProbeSpec, ResourceRequest, RestartPolicy, RestartSpec, RouteSpec,
-    ServiceSpec,
+    ByteSize, JobSpec, MetricMode, ModelSpec, Name, ProbeSpec, PromotePolicy, ResourceRequest,
+    RestartPolicy, RestartSpec, RouteSpec, ServiceSpec,
 };
 use toml_edit::{Item, TableLike, Value};
 
@@ -29,7 +29,7 @@ const DEFAULT_JOB_RESTART_BACKOFF: Duration = Duration::from_secs(1);
 /// Smaller rotated log files would rotate on every few lines of a chatty service.
 const MIN_LOG_SIZE: u64 = 4 * ByteSize::KIB;
 
-const ROOT_KEYS: &[&str] = &["server", "devices", "logs", "services", "jobs"];
+const ROOT_KEYS: &[&str] = &["server", "devices", "logs", "models", "services", "jobs"];
 const SERVER_KEYS: &[&str] = &["gateway_listen", "api_listen", "data_dir"];
 const DEVICES_KEYS: &[&str] = &["cpu_slots"];
 const LOGS_KEYS: &[&str] = &["max_size", "keep", "keep_runs"];
@@ -69,6 +69,8 @@ const JOB_KEYS: &[&str] = &[
     "model",
 ];
 const ROUTE_KEYS: &[&str] = &["host", "path"];
+const MODEL_KEYS: &[&str] = &["promote", "keep"];
+const PROMOTE_KEYS: &[&str] = &["metric", "mode"];
 const PROBE_KEYS: &[&str] = &[
     "path",
     "interval",
@@ -96,6 +98,7 @@ pub(crate) struct FileLayer {
     pub logs_keep_runs: Option<u32>,
     pub services: BTreeMap<Name, ServiceSpec>,
     pub jobs: BTreeMap<Name, JobSpec>,
+    pub models: BTreeMap<Name, ModelSpec>,
 }
 
 /// Parses and validates `text`. `origin` names the file in problems; relative paths in it are
@@ -288,6 +291,14 @@ impl Walker<'_> {
                 .map(|n| n as u32);
         }
 
+        if let Some(models) = self.section(&root, "models") {
+            for (key, _) in models.table.iter() {
+                if let Some(spec) = self.model(&models, key) {
+                    layer.models.insert(spec.name.clone(), spec);
+                }
+            }
+        }
+
         // Key spans of every accepted name, to point a service/job collision at the later one.
         let mut service_spans = BTreeMap::new();
         if let Some(services) = self.section(&root, "services") {
@@ -434,6 +445,64 @@ impl Walker<'_> {
             stop_grace,
             autostart,
             model,
+        })
+    }
+
+    fn model(&mut self, parent: &Section, key: &str) -> Option<ModelSpec> {
+        let name = self.entry_name(parent, key);
+        let section = self.section(parent, key)?;
+        self.known_keys(&section, MODEL_KEYS);
+        let promote = self.promote(&section).unwrap_or(PromotePolicy::Manual);
+        let keep = self
+            .read(&section, "keep", |item| integer(item, 1, 10_000))
+            .map_or(ModelSpec::DEFAULT_KEEP, |n| n as u32);
+        Some(ModelSpec {
+            name: name?,
+            promote,
+            keep,
+        })
+    }
+
+    /// `promote = "manual"` or `promote = { metric = "eval_loss", mode = "min" }`.
+    fn promote(&mut self, parent: &Section) -> Option<PromotePolicy> {
+        let item = parent.table.get("promote")?;
+        if let Some(text) = item.as_str() {
+            if text == "manual" {
+                return Some(PromotePolicy::Manual);
+            }
+            let message = format!(
+                "expected \"manual\" or a table like {{ metric = \"eval_loss\", mode = \"min\" }}, got {}",
+                got(item)
+            );
+            self.report(parent.span_of("promote"), &parent.field("promote"), message);
+            return None;
+        }
+        if item.as_table_like().is_none() {
+            let message = format!(
+                "expected \"manual\" or a table like {{ metric = \"eval_loss\", mode = \"min\" }}, got {}",
+                got(item)
+            );
+            self.report(parent.span_of("promote"), &parent.field("promote"), message);
+            return None;
+        }
+        let section = self.section(parent, "promote")?;
+        self.known_keys(&section, PROMOTE_KEYS);
+        let metric = self.read(&section, "metric", metric_name);
+        let mode = self.read(&section, "mode", metric_mode);
+        for (key, present) in [
+            ("metric", section.has("metric")),
+            ("mode", section.has("mode")),
+        ] {
+            if !present {
+                let message = format!(
+                    "missing `{key}`: automatic promotion needs a metric and a mode (\"min\" or \"max\")"
+                );
+                self.report(section.span.clone(), &section.field(key), message);
+            }
+        }
+        Some(PromotePolicy::Metric {
+            metric: metric?,
+            mode: mode?,
         })
     }
 
@@ -790,6 +859,33 @@ fn model_name(item: &Item) -> Result<Name, String> {
         .as_str()
         .ok_or_else(|| format!("expected a model name, got {}", got(item)))?;
     Name::new(text).map_err(|error| error.to_string())
+}
+
+/// A metric's name as a job reports it: letters, digits, `_`, `.`, `-` and `/`.
+fn metric_name(item: &Item) -> Result<String, String> {
+    let text = non_empty_string(item, "a metric name")?;
+    let valid = text.len() <= 64
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/'));
+    if !valid {
+        return Err(format!(
+            "expected a metric name (at most 64 letters, digits, '_', '.', '-', '/'), got {}",
+            got(item)
+        ));
+    }
+    Ok(text.to_string())
+}
+
+fn metric_mode(item: &Item) -> Result<MetricMode, String> {
+    match item.as_str() {
+        Some("min") => Ok(MetricMode::Min),
+        Some("max") => Ok(MetricMode::Max),
+        _ => Err(format!(
+            "expected \"min\" (lower is better) or \"max\" (higher is better), got {}",
+            got(item)
+        )),
+    }
 }
 
 fn restart_policy(item: &Item) -> Result<RestartPolicy, String> {

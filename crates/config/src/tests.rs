@@ -846,3 +846,69 @@ fn hold_and_max_body_are_checked() {
     assert_eq!(web.hold, Duration::from_secs(30));
     assert_eq!(web.max_body, ByteSize::mib(100));
 }
+
+#[test]
+fn models_are_declared_or_implied_by_who_names_them() {
+    let config = load(
+        "[models.digits]\npromote = { metric = \"accuracy\", mode = \"max\" }\nkeep = 3\n\
+         [models.plain]\n\
+         [services.web]\ncommand = [\"x\"]\nmodel = \"digits\"\n\
+         [jobs.train]\ncommand = [\"y\"]\nmodel = \"other\"\n",
+    )
+    .unwrap();
+    let digits = &config.models[&name("digits")];
+    assert_eq!(
+        digits.promote,
+        domain::PromotePolicy::Metric {
+            metric: "accuracy".into(),
+            mode: domain::MetricMode::Max
+        }
+    );
+    assert_eq!(digits.keep, 3);
+    assert_eq!(
+        config.models[&name("plain")],
+        ModelSpec::implied(name("plain"))
+    );
+    // Named by the job only: implied, manual.
+    assert_eq!(
+        config.models[&name("other")],
+        ModelSpec::implied(name("other"))
+    );
+    assert_eq!(config.models.len(), 3);
+}
+
+#[test]
+fn promote_policy_mistakes_are_explained() {
+    assert_eq!(
+        problem("[models.m]\npromote = \"auto\"\n"),
+        "flowers.toml:2: models.m.promote: expected \"manual\" or a table like \
+         { metric = \"eval_loss\", mode = \"min\" }, got \"auto\""
+    );
+    assert_eq!(
+        problem("[models.m]\npromote = { metric = \"loss\", mode = \"lowest\" }\n"),
+        "flowers.toml:2: models.m.promote.mode: expected \"min\" (lower is better) or \"max\" \
+         (higher is better), got \"lowest\""
+    );
+    assert_eq!(
+        problem("[models.m]\npromote = { metric = \"loss\" }\n"),
+        "flowers.toml:2: models.m.promote.mode: missing `mode`: automatic promotion needs a \
+         metric and a mode (\"min\" or \"max\")"
+    );
+    assert_eq!(
+        problem("[models.m]\npromote = { metric = \"a b\", mode = \"min\" }\n"),
+        "flowers.toml:2: models.m.promote.metric: expected a metric name (at most 64 letters, \
+         digits, '_', '.', '-', '/'), got \"a b\""
+    );
+    assert_eq!(
+        problem("[models.m]\nkeep = 0\n"),
+        "flowers.toml:2: models.m.keep: expected an integer 1..=10000, got 0"
+    );
+    assert_eq!(
+        problem("[models.m]\nkepe = 2\n"),
+        "flowers.toml:2: models.m.kepe: unknown key; did you mean `keep`?"
+    );
+    assert_eq!(
+        problem("[models.Big]\n"),
+        problems("[services.Big]\ncommand = [\"x\"]\n")[0].replace("services.Big", "models.Big")
+    );
+}

@@ -21,6 +21,11 @@ pub enum EventKind {
     JobSucceeded,
     JobFailed,
     PlacementFailed,
+    VersionRegistered,
+    VersionPromoted,
+    VersionFailed,
+    VersionDeleted,
+    JobPreempted,
 }
 
 impl EventKind {
@@ -42,6 +47,11 @@ impl EventKind {
             EventKind::JobSucceeded => "job_succeeded",
             EventKind::JobFailed => "job_failed",
             EventKind::PlacementFailed => "placement_failed",
+            EventKind::VersionRegistered => "version_registered",
+            EventKind::VersionPromoted => "version_promoted",
+            EventKind::VersionFailed => "version_failed",
+            EventKind::VersionDeleted => "version_deleted",
+            EventKind::JobPreempted => "job_preempted",
         }
     }
 
@@ -50,7 +60,7 @@ impl EventKind {
     }
 }
 
-const ALL_KINDS: [EventKind; 16] = [
+const ALL_KINDS: [EventKind; 21] = [
     EventKind::FlowersStarted,
     EventKind::FlowersStopping,
     EventKind::DevicesDetected,
@@ -67,6 +77,11 @@ const ALL_KINDS: [EventKind; 16] = [
     EventKind::JobSucceeded,
     EventKind::JobFailed,
     EventKind::PlacementFailed,
+    EventKind::VersionRegistered,
+    EventKind::VersionPromoted,
+    EventKind::VersionFailed,
+    EventKind::VersionDeleted,
+    EventKind::JobPreempted,
 ];
 
 /// An event before the store gives it an id and a time.

@@ -8,6 +8,7 @@
 mod bytes;
 mod device;
 mod event;
+mod model;
 mod name;
 mod run;
 mod spec;
@@ -15,6 +16,7 @@ mod spec;
 pub use bytes::{ByteSize, ByteSizeError};
 pub use device::{Device, DeviceId, DeviceKind, GpuProcess, GpuTelemetry};
 pub use event::{Event, EventKind, NewEvent};
+pub use model::{MetricMode, Metrics, ModelSpec, PromotePolicy, VersionState};
 pub use name::{Name, NameError};
 pub use run::{ExitStatus, OwnerKind, RunId, RunOwner, RunState};
 pub use spec::{

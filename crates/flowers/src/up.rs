@@ -120,6 +120,7 @@ pub async fn up(args: UpArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
     let desired = orchestrator::Desired {
         services: config.services.clone(),
         jobs: config.jobs.clone(),
+        models: config.models.clone(),
         devices: devices.clone(),
     };
     let (handle, engine) = orchestrator::start(settings, desired, store, gpu_status.clone())

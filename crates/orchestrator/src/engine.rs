@@ -1,5 +1,7 @@
 //! The loop itself: state, the handling of each [`Input`], and reconciliation.
 
+mod models;
+
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -7,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use domain::{
-    now_ms, ByteSize, DeviceId, EventKind, ExitStatus, JobSpec, Name, NewEvent, OwnerKind,
-    ProbeSpec, RestartPolicy, RunId, RunOwner, RunState, ServiceSpec,
+    now_ms, ByteSize, DeviceId, EventKind, ExitStatus, JobSpec, ModelSpec, Name, NewEvent,
+    OwnerKind, ProbeSpec, RestartPolicy, RunId, RunOwner, RunState, ServiceSpec, VersionState,
 };
 use scheduler::{Allocation, Request, RequestClass, Snapshot};
 use store::{NewRun, OwnerState, RunFilter, RunRecord, RunUpdate, Store};
@@ -16,6 +18,7 @@ use supervisor::{LaunchSpec, ProcessHandle, Supervisor};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
+use crate::versions;
 use crate::view::{JobView, OwnerStatus, ServiceView, View};
 use crate::{Command, Desired, Error, Handle, JobStarted, Settings};
 
@@ -53,6 +56,10 @@ enum StopCause {
     Unhealthy(String),
     NotDesired(String),
     Shutdown,
+    /// A preemptible job stopped to make room for a service replica; it resumes later.
+    Preempted(String),
+    /// A replica of an older version, replaced by one of the promoted version.
+    Replaced(String),
 }
 
 impl StopCause {
@@ -63,6 +70,8 @@ impl StopCause {
             StopCause::Unhealthy(reason) => reason.clone(),
             StopCause::NotDesired(reason) => reason.clone(),
             StopCause::Shutdown => "Flowers is shutting down".into(),
+            StopCause::Preempted(reason) => format!("preempted {reason}"),
+            StopCause::Replaced(reason) => reason.clone(),
         }
     }
     /// A Run stopped for failing its probes counts as a failure of its owner.
@@ -116,8 +125,15 @@ enum Key {
     Job(Name),
 }
 
+/// A Model and its promoted version, mirrored from the store.
+struct ModelState {
+    spec: ModelSpec,
+    promoted: Option<u32>,
+}
+
 struct Engine {
     settings: Settings,
+    models: BTreeMap<Name, ModelState>,
     store: Store,
     supervisor: Arc<Supervisor>,
     desired_devices: Vec<domain::Device>,
@@ -152,6 +168,7 @@ pub(crate) async fn start(
         gpu_status,
         services: BTreeMap::new(),
         jobs: BTreeMap::new(),
+        models: BTreeMap::new(),
         runs: BTreeMap::new(),
         inputs: inputs.clone(),
         events: events.clone(),
@@ -177,6 +194,7 @@ pub(crate) async fn start(
             }
         }
     });
+    let engine_data_dir = engine.settings.data_dir.clone();
     let task = tokio::spawn(engine.run(receiver));
     Ok((
         Handle {
@@ -184,6 +202,7 @@ pub(crate) async fn start(
             view: view_receiver,
             events,
             store,
+            data_dir: engine_data_dir,
         },
         task,
     ))
@@ -213,6 +232,7 @@ fn run_dir(data_dir: &Path, run: &RunId) -> PathBuf {
 
 impl Engine {
     fn load(&mut self, desired: Desired) -> Result<(), Error> {
+        self.load_models(desired.models)?;
         let mut fresh_starts = Vec::new();
         for (name, spec) in desired.services {
             let hash = spec_hash(&spec);
@@ -303,6 +323,40 @@ impl Engine {
                 self.gpu_status
             ),
         ));
+        Ok(())
+    }
+
+    /// Models from the configuration, and those only the store knows (imported earlier), with
+    /// their promoted versions; removes version files that no record backs.
+    fn load_models(&mut self, declared: BTreeMap<Name, ModelSpec>) -> Result<(), Error> {
+        for name in declared.keys() {
+            self.store.ensure_model(name)?;
+        }
+        let mut known = BTreeMap::new();
+        for record in self.store.models()? {
+            let spec = declared
+                .get(&record.name)
+                .cloned()
+                .unwrap_or_else(|| ModelSpec::implied(record.name.clone()));
+            let versions: Vec<u32> = self
+                .store
+                .versions(record.name.as_str())?
+                .into_iter()
+                .filter(|v| v.state != VersionState::Deleted)
+                .map(|v| v.version)
+                .collect();
+            known.insert(record.name.to_string(), versions);
+            self.models.insert(
+                record.name.clone(),
+                ModelState {
+                    spec,
+                    promoted: record.promoted,
+                },
+            );
+        }
+        for removed in versions::clean_up(&self.settings.data_dir, &known) {
+            tracing::info!(path = %removed.display(), "removed an unfinished model version");
+        }
         Ok(())
     }
 
@@ -551,6 +605,26 @@ impl Engine {
                 let answer = self.reset(&name);
                 let _ = reply.send(answer);
             }
+            Command::RegisterVersion {
+                registration,
+                staged,
+                reply,
+            } => {
+                let staging = staged.dir.clone();
+                let answer = self.register_version(registration, &staged);
+                if answer.is_err() {
+                    let _ = std::fs::remove_dir_all(&staging);
+                }
+                let _ = reply.send(answer);
+            }
+            Command::Promote {
+                model,
+                version,
+                reply,
+            } => {
+                let answer = self.promote_by_user(&model, version);
+                let _ = reply.send(answer);
+            }
             Command::Shutdown { reply } => {
                 if self.shutdown_replies.is_none() {
                     self.emit(NewEvent::new(
@@ -764,13 +838,30 @@ impl Engine {
         stopped_by_us: bool,
         healthy_for: Option<Duration>,
     ) {
-        let Some(service) = self.services.get_mut(&owner.name) else {
+        if !self.services.contains_key(&owner.name) {
             return;
-        };
+        }
         if stopped_by_us {
             // A replica Flowers (or a user) stopped is simply replaced, with no penalty.
             return;
         }
+        let why = live
+            .stop
+            .as_ref()
+            .map(StopCause::describe)
+            .unwrap_or_else(|| format!("exited {status}"));
+        if self.rollout_failed(
+            &owner.name,
+            owner.replica,
+            live.record.model_version,
+            live.record.ready_ms.is_none(),
+            &why,
+        ) {
+            return;
+        }
+        let Some(service) = self.services.get_mut(&owner.name) else {
+            return;
+        };
         service.last_exit = Some(format!("{} exited {status}", live.record.id));
         let restart = match service.spec.restart.policy {
             RestartPolicy::Always => true,
@@ -832,7 +923,13 @@ impl Engine {
             return;
         };
         let run_id = live.record.id.clone();
+        let preempted = matches!(live.stop, Some(StopCause::Preempted(_)));
         job.last_run = Some(live.record);
+        if preempted {
+            // Still wanted: it starts again (resuming from its last checkpoint) when placed.
+            job.outcome = JobOutcome::Active;
+            return;
+        }
         if stopped_by_us {
             job.outcome = JobOutcome::Stopped;
             return;
@@ -954,25 +1051,51 @@ impl Engine {
         for id in extra {
             self.begin_stop(&id, StopCause::ScaleDown);
         }
+        self.retire_outdated_replicas();
 
         let mut requests = Vec::new();
+        // Services whose model has nothing promoted: they wait, with the reason.
+        let mut unservable: Vec<(Name, String)> = Vec::new();
         for (name, service) in &self.services {
             if service.crash_loop || service.backoff_until.is_some_and(|t| t > now) {
                 continue;
             }
-            for replica in 0..service.spec.replicas {
-                let running = self.runs.values().any(|live| {
-                    live.record.owner.kind == OwnerKind::Service
-                        && &live.record.owner.name == name
-                        && live.record.owner.replica == replica
-                });
-                if !running && !service.finished_slots.contains(&replica) {
-                    requests.push(Request {
-                        key: Key::Replica(name.clone(), replica),
-                        resources: service.spec.resources.clone(),
-                        class: RequestClass::Service,
-                    });
+            let desired = match self.desired_version(name) {
+                Ok(desired) => desired,
+                Err(reason) => {
+                    if service.spec.replicas > 0 {
+                        unservable.push((name.clone(), reason));
+                    }
+                    continue;
                 }
+            };
+            // Blue/green, one replica slot at a time: a slot whose replica serves an older
+            // version gets a replica of the promoted one beside it (a surge), and only one
+            // slot of a service surges at once, so a rollout needs one spare device at most.
+            let mut surging = (0..service.spec.replicas)
+                .filter(|&replica| {
+                    let slot = self.slot_runs(name, replica);
+                    slot.iter().any(|r| r.model_version != desired)
+                        && slot.iter().any(|r| r.model_version == desired)
+                })
+                .count();
+            for replica in 0..service.spec.replicas {
+                let slot = self.slot_runs(name, replica);
+                let current = slot.iter().any(|r| r.model_version == desired);
+                if current || service.finished_slots.contains(&replica) {
+                    continue;
+                }
+                if !slot.is_empty() {
+                    if surging > 0 {
+                        continue;
+                    }
+                    surging += 1;
+                }
+                requests.push(Request {
+                    key: Key::Replica(name.clone(), replica),
+                    resources: service.spec.resources.clone(),
+                    class: RequestClass::Service,
+                });
             }
         }
         for (name, job) in &self.jobs {
@@ -996,10 +1119,20 @@ impl Engine {
             .runs
             .values()
             .filter_map(|live| {
+                let preemptible = match live.record.owner.kind {
+                    OwnerKind::Job => self
+                        .jobs
+                        .get(&live.record.owner.name)
+                        .filter(|job| job.spec.preemptible)
+                        .map(|job| job.spec.priority),
+                    OwnerKind::Service => None,
+                };
                 live.record.device.clone().map(|device| Allocation {
                     device,
                     vram: live.record.vram_reserved,
                     holder: live.record.id.to_string(),
+                    preemptible,
+                    stopping: live.stop.is_some(),
                 })
             })
             .collect();
@@ -1009,11 +1142,45 @@ impl Engine {
             requests,
         });
 
+        for preemption in &plan.preemptions {
+            let Key::Replica(service, replica) = &preemption.for_key else {
+                continue;
+            };
+            let run = RunId(preemption.holder.clone());
+            let Some(live) = self.runs.get(&run) else {
+                continue;
+            };
+            let job = live.record.owner.name.clone();
+            let why = format!(
+                "to make room on {} for {service} replica {replica}",
+                preemption.device
+            );
+            self.emit(
+                NewEvent::new(
+                    EventKind::JobPreempted,
+                    format!("preempting {run} {why}; it resumes from its last checkpoint when a device is free"),
+                )
+                .owner(&job)
+                .run(&run)
+                .device(&preemption.device),
+            );
+            self.begin_stop(&run, StopCause::Preempted(why));
+        }
+
         let mut still_waiting: HashSet<Name> = HashSet::new();
-        for waiting in plan.waiting {
+        let unservable = unservable
+            .into_iter()
+            .map(|(name, reason)| scheduler::Waiting {
+                key: Key::Replica(name, 0),
+                reason,
+            });
+        for waiting in plan.waiting.into_iter().chain(unservable) {
             let name = match &waiting.key {
                 Key::Replica(name, _) | Key::Job(name) => name.clone(),
             };
+            // Room that is being made (a preemption, a Run stopping) is not a failure to place.
+            let transient = waiting.reason.starts_with("preempting ")
+                || waiting.reason.starts_with("waiting for ");
             still_waiting.insert(name.clone());
             let previous = match &waiting.key {
                 Key::Replica(..) => self.services.get_mut(&name).map(|s| &mut s.waiting),
@@ -1022,6 +1189,9 @@ impl Engine {
             if let Some(slot) = previous {
                 if slot.as_deref() != Some(waiting.reason.as_str()) {
                     *slot = Some(waiting.reason.clone());
+                    if transient {
+                        continue;
+                    }
                     self.emit(
                         NewEvent::new(
                             EventKind::PlacementFailed,
@@ -1045,6 +1215,60 @@ impl Engine {
         for placement in plan.placements {
             self.start_run(placement.key, placement.device, placement.vram)
                 .await;
+        }
+    }
+
+    /// Live Runs of one replica slot of a service that are not being stopped.
+    fn slot_runs(&self, service: &Name, replica: u32) -> Vec<&RunRecord> {
+        self.runs
+            .values()
+            .filter(|live| {
+                live.stop.is_none()
+                    && live.record.owner.kind == OwnerKind::Service
+                    && &live.record.owner.name == service
+                    && live.record.owner.replica == replica
+            })
+            .map(|live| &live.record)
+            .collect()
+    }
+
+    /// Replicas of a version that is no longer promoted: stopped (after draining) once their
+    /// slot has a ready replica of the promoted version, or at once if they never served.
+    fn retire_outdated_replicas(&mut self) {
+        let mut retire = Vec::new();
+        for name in self.services.keys() {
+            let Ok(desired) = self.desired_version(name) else {
+                continue;
+            };
+            for live in self.runs.values() {
+                let record = &live.record;
+                if live.stop.is_some()
+                    || record.owner.kind != OwnerKind::Service
+                    || &record.owner.name != name
+                    || record.model_version == desired
+                {
+                    continue;
+                }
+                let replaced = self
+                    .slot_runs(name, record.owner.replica)
+                    .iter()
+                    .any(|r| r.model_version == desired && r.state == RunState::Ready);
+                let version = desired.map(|v| v.to_string()).unwrap_or_default();
+                if replaced {
+                    retire.push((
+                        record.id.clone(),
+                        format!("replaced by a ready replica of version {version}"),
+                    ));
+                } else if record.state != RunState::Ready {
+                    retire.push((
+                        record.id.clone(),
+                        format!("version {version} was promoted before this one was ready"),
+                    ));
+                }
+            }
+        }
+        for (run, reason) in retire {
+            self.begin_stop(&run, StopCause::Replaced(reason));
         }
     }
 
@@ -1087,6 +1311,52 @@ impl Engine {
             Key::Replica(name, _) => self.services[name].failures,
             Key::Job(name) => self.jobs[name].failures,
         };
+        // What the Run is told about models: the version a replica serves, the checkpoint a
+        // job resumes from.
+        let mut model_env: Vec<(String, String)> = Vec::new();
+        let mut model_version = None;
+        match &key {
+            Key::Replica(name, _) => {
+                if let (Some(model), Ok(Some(version))) = (
+                    self.services[name].spec.model.clone(),
+                    self.desired_version(name),
+                ) {
+                    model_version = Some(version);
+                    let dir =
+                        versions::version_dir(&self.settings.data_dir, model.as_str(), version);
+                    model_env.extend([
+                        ("FLOWERS_MODEL".to_string(), model.to_string()),
+                        ("FLOWERS_MODEL_VERSION".to_string(), version.to_string()),
+                        (
+                            "FLOWERS_MODEL_PATH".to_string(),
+                            dir.to_string_lossy().into_owned(),
+                        ),
+                    ]);
+                }
+            }
+            Key::Job(name) => {
+                if let Some(model) = &self.jobs[name].spec.model {
+                    model_env.push(("FLOWERS_MODEL".to_string(), model.to_string()));
+                }
+                match self.store.latest_job_version(name.as_str()) {
+                    Ok(Some(checkpoint)) => {
+                        let dir = versions::version_dir(
+                            &self.settings.data_dir,
+                            checkpoint.model.as_str(),
+                            checkpoint.version,
+                        );
+                        model_env.push((
+                            "FLOWERS_RESUME_FROM".to_string(),
+                            dir.to_string_lossy().into_owned(),
+                        ));
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::error!(%error, job = %name, "could not look up the job's last checkpoint")
+                    }
+                }
+            }
+        }
         let taken: HashSet<u16> = self
             .runs
             .values()
@@ -1114,6 +1384,7 @@ impl Engine {
             spec_hash: hash,
             run_dir: self.settings.data_dir.join("runs"),
             attempt,
+            model_version,
         }) {
             Ok(record) => record,
             Err(error) => {
@@ -1178,6 +1449,7 @@ impl Engine {
             ),
             ("FLOWERS_REPLICA".to_string(), owner.replica.to_string()),
         ]);
+        env.extend(model_env);
         let launch = LaunchSpec {
             run_id: run_id.to_string(),
             command,
@@ -1224,11 +1496,14 @@ impl Engine {
                     live.probe = Some(self.spawn_probe(run_id.clone(), port, probe, false));
                 }
                 let vram_text = vram.map(|v| format!(", {v} VRAM")).unwrap_or_default();
+                let version_text = model_version
+                    .map(|v| format!(", version {v}"))
+                    .unwrap_or_default();
                 self.emit(
                     NewEvent::new(
                         EventKind::RunStarted,
                         format!(
-                            "started on {device_label}{vram_text} (pid {}, port {port})",
+                            "started on {device_label}{vram_text}{version_text} (pid {}, port {port})",
                             handle.pid
                         ),
                     )
@@ -1497,6 +1772,7 @@ impl Engine {
             gpu_status: self.gpu_status.clone(),
             services,
             jobs,
+            models: self.model_views(),
             runs,
             shutting_down: self.shutdown_replies.is_some(),
         }));

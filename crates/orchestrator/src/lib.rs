@@ -10,6 +10,7 @@
 //! never parses configuration and never talks to NVML; it is handed specs and devices.
 
 mod engine;
+pub mod versions;
 mod view;
 
 use std::collections::BTreeMap;
@@ -18,11 +19,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{Device, Event, JobSpec, Name, RunId, ServiceSpec};
-use store::Store;
+use domain::{Device, Event, JobSpec, Metrics, ModelSpec, Name, RunId, ServiceSpec};
+use store::{Store, VersionRecord};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-pub use view::{JobView, OwnerStatus, ServiceView, View};
+pub use view::{JobView, ModelView, OwnerStatus, ServiceView, View};
 
 /// What the orchestrator needs to know about its surroundings, decided by the binary.
 #[derive(Clone, Debug)]
@@ -57,6 +58,8 @@ impl std::fmt::Debug for InFlight {
 pub struct Desired {
     pub services: BTreeMap<Name, ServiceSpec>,
     pub jobs: BTreeMap<Name, JobSpec>,
+    /// Declared models and those implied by a service or job naming one.
+    pub models: BTreeMap<Name, ModelSpec>,
     pub devices: Vec<Device>,
 }
 
@@ -74,6 +77,14 @@ pub enum Error {
     JobAlreadyRunning(String, String),
     #[error("Flowers is shutting down")]
     ShuttingDown,
+    #[error("no model is named {0:?}")]
+    UnknownModel(String),
+    #[error("model {0} has no version {1}")]
+    UnknownVersion(String, u32),
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Version(#[from] versions::VersionError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
 }
@@ -85,6 +96,25 @@ pub enum JobStarted {
     Run(RunId),
     /// No device is free for it; it starts as soon as one is. The reason says why.
     Waiting(String),
+}
+
+/// What registering a version did.
+#[derive(Clone, Debug)]
+pub struct Registered {
+    pub version: VersionRecord,
+    pub promoted: bool,
+    /// Why it was or was not promoted, for people.
+    pub note: String,
+}
+
+/// A version to register: files from `path` (absolute; a file or a directory on this machine).
+#[derive(Clone, Debug)]
+pub struct Registration {
+    pub model: String,
+    pub path: PathBuf,
+    pub metrics: Metrics,
+    /// The job's Run registering it (`FLOWERS_RUN_ID`); `None` for an import.
+    pub run: Option<RunId>,
 }
 
 /// A request from outside the loop, answered on its oneshot.
@@ -104,6 +134,17 @@ pub(crate) enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    RegisterVersion {
+        registration: Registration,
+        staged: versions::Staged,
+        reply: oneshot::Sender<Result<Registered, Error>>,
+    },
+    Promote {
+        model: String,
+        /// `None`: roll back to the version promoted before the current one.
+        version: Option<u32>,
+        reply: oneshot::Sender<Result<String, Error>>,
+    },
 }
 
 /// The only way into the orchestrator from other tasks. Cheap to clone.
@@ -113,6 +154,7 @@ pub struct Handle {
     view: watch::Receiver<Arc<View>>,
     events: broadcast::Sender<Event>,
     store: Store,
+    data_dir: PathBuf,
 }
 
 impl Handle {
@@ -162,6 +204,67 @@ impl Handle {
     pub async fn reset(&self, name: &str) -> Result<String, Error> {
         self.ask(|reply| Command::Reset {
             name: name.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    /// Registers a new version of a model from files on this machine: they are copied (and
+    /// digested) into the data directory first, outside the loop, then recorded; the model's
+    /// promotion policy and retention apply at once.
+    pub async fn register_version(&self, registration: Registration) -> Result<Registered, Error> {
+        if Name::new(&registration.model).is_err() {
+            return Err(Error::Refused(format!(
+                "{:?} is not a valid model name: lowercase letters, digits and '-', starting with a letter",
+                registration.model
+            )));
+        }
+        for (name, value) in &registration.metrics {
+            if !value.is_finite() {
+                return Err(Error::Refused(format!(
+                    "metric {name:?} is {value}; metrics must be finite numbers"
+                )));
+            }
+        }
+        let data_dir = self.data_dir.clone();
+        let model = registration.model.clone();
+        let path = registration.path.clone();
+        let staged = tokio::task::spawn_blocking(move || versions::stage(&data_dir, &model, &path))
+            .await
+            .map_err(|_| Error::ShuttingDown)??;
+        let staging = staged.dir.clone();
+        let (reply, answer) = oneshot::channel();
+        let sent = self
+            .commands
+            .send(engine::Input::Command(Command::RegisterVersion {
+                registration,
+                staged,
+                reply,
+            }))
+            .await;
+        if sent.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(Error::ShuttingDown);
+        }
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Makes `version` the promoted version of `model`; services that follow it are moved to it
+    /// blue/green.
+    pub async fn promote(&self, model: &str, version: u32) -> Result<String, Error> {
+        self.ask(|reply| Command::Promote {
+            model: model.to_string(),
+            version: Some(version),
+            reply,
+        })
+        .await
+    }
+
+    /// Promotes again the version that was promoted before the current one.
+    pub async fn rollback(&self, model: &str) -> Result<String, Error> {
+        self.ask(|reply| Command::Promote {
+            model: model.to_string(),
+            version: None,
             reply,
         })
         .await

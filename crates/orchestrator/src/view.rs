@@ -1,4 +1,4 @@
-use domain::{Device, JobSpec, ServiceSpec};
+use domain::{Device, JobSpec, ModelSpec, ServiceSpec};
 use store::RunRecord;
 
 /// A consistent picture of the orchestrator's state, published after every change.
@@ -10,6 +10,7 @@ pub struct View {
     pub gpu_status: String,
     pub services: Vec<ServiceView>,
     pub jobs: Vec<JobView>,
+    pub models: Vec<ModelView>,
     /// Runs that have not ended, in id order.
     pub runs: Vec<RunRecord>,
     pub shutting_down: bool,
@@ -72,4 +73,12 @@ pub struct JobView {
     pub reason: Option<String>,
     /// The current Run, or the most recent one.
     pub last_run: Option<RunRecord>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelView {
+    pub spec: ModelSpec,
+    pub promoted: Option<u32>,
+    /// Versions that ready service replicas serve now (more than one during a promotion).
+    pub serving: Vec<u32>,
 }

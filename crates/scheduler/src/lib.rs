@@ -6,12 +6,17 @@
 //! orchestrator builds the snapshot and carries the plan out. That keeps every placement rule
 //! testable in thousands of cases a second (see the property tests below).
 //!
-//! Rules today ("place what fits"): services' replicas first, in the order given, then jobs by
-//! priority (highest first, ties in the order given). A request for no device is always placed.
-//! A request with a VRAM budget goes on the GPU where it fits most tightly, else on a free CPU
-//! slot (CPU slots stand in for GPUs, so a service written for a GPU still runs on a laptop). A
-//! request for a whole device takes a GPU nobody uses, else a free CPU slot. CPU slots are
-//! whole-slot resources. Preemption and blue/green promotion come with the next issue.
+//! Rules: services' replicas first, in the order given, then jobs by priority (highest first,
+//! ties in the order given). A request for no device is always placed. A request with a VRAM
+//! budget goes on the GPU where it fits most tightly, else on a free CPU slot (CPU slots stand in
+//! for GPUs, so a service written for a GPU still runs on a laptop). A request for a whole device
+//! takes a GPU nobody uses, else a free CPU slot. CPU slots are whole-slot resources.
+//!
+//! **Preemption:** a service replica that fits nowhere (a new version's blue/green replica, a
+//! replica whose device is gone, a service's minimum) takes room from preemptible jobs: first it
+//! waits for Runs already stopping if their room is enough; otherwise the plan names the
+//! preemptible jobs to stop, on the one device where the fewest, lowest-priority ones make it
+//! fit. The replica itself is placed by a later plan, once they have stopped. Jobs never preempt.
 
 use std::collections::BTreeMap;
 
@@ -23,8 +28,13 @@ pub struct Allocation {
     pub device: DeviceId,
     /// `None`: the whole device.
     pub vram: Option<ByteSize>,
-    /// Who holds it, for reasons shown to people (`web-3`).
+    /// Who holds it, for reasons shown to people (`web-3`); also names it in [`Preemption`].
     pub holder: String,
+    /// The priority of the preemptible job holding it; `None` for anything that may not be
+    /// preempted (a service replica, a job that is not preemptible).
+    pub preemptible: Option<i32>,
+    /// It is being stopped: its room comes back soon, and preempting it again would be moot.
+    pub stopping: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,13 +75,27 @@ pub struct Waiting<K> {
     pub reason: String,
 }
 
+/// A preemptible job's Run to stop so that a waiting service replica fits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Preemption<K> {
+    /// The [`Allocation::holder`] to stop.
+    pub holder: String,
+    /// The request it makes room for.
+    pub for_key: K,
+    pub device: DeviceId,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan<K> {
     pub placements: Vec<Placement<K>>,
+    /// Requests not placed now. A service request that preemption (or a Run already stopping)
+    /// will make room for is here too, with a reason that says so.
     pub waiting: Vec<Waiting<K>>,
+    pub preemptions: Vec<Preemption<K>>,
 }
 
 /// What is left of one device while a plan is being made.
+#[derive(Clone)]
 struct Room<'a> {
     device: &'a Device,
     whole_taken_by: Option<String>,
@@ -125,6 +149,7 @@ pub fn plan<K: Clone>(snapshot: &Snapshot<K>) -> Plan<K> {
 
     let mut placements = Vec::new();
     let mut waiting = Vec::new();
+    let mut unplaced_services = Vec::new();
     for (position, request) in order.into_iter().enumerate() {
         let holder = format!("request {position}");
         match choose(&rooms, &request.resources) {
@@ -144,15 +169,189 @@ pub fn plan<K: Clone>(snapshot: &Snapshot<K>) -> Plan<K> {
                     vram,
                 });
             }
-            Choice::Nowhere(reason) => waiting.push(Waiting {
+            Choice::Nowhere(reason) => {
+                if request.class == RequestClass::Service {
+                    unplaced_services.push((request, reason));
+                } else {
+                    waiting.push(Waiting {
+                        key: request.key.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+    let preemptions = make_room(snapshot, &placements, unplaced_services, &mut waiting);
+    Plan {
+        placements,
+        waiting,
+        preemptions,
+    }
+}
+
+/// The rooms as they will be once every Run already stopping is gone and `placements` are
+/// made: what unplaced service requests can count on without preempting anything new.
+fn rooms_after<'a, K>(
+    snapshot: &'a Snapshot<K>,
+    placements: &[Placement<K>],
+) -> BTreeMap<&'a DeviceId, Room<'a>> {
+    let mut rooms: BTreeMap<&DeviceId, Room> = snapshot
+        .devices
+        .iter()
+        .map(|device| {
+            (
+                &device.id,
+                Room {
+                    device,
+                    whole_taken_by: None,
+                    vram_reserved: ByteSize(0),
+                    holders: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    for allocation in snapshot.allocations.iter().filter(|a| !a.stopping) {
+        if let Some(room) = rooms.get_mut(&allocation.device) {
+            take(room, allocation.vram, &allocation.holder);
+        }
+    }
+    for placement in placements {
+        let Some(device) = &placement.device else {
+            continue;
+        };
+        if let Some(room) = rooms.get_mut(device) {
+            take(room, placement.vram, "placed now");
+        }
+    }
+    rooms
+}
+
+/// For each service request that fits nowhere: wait for Runs already stopping if that is
+/// enough, else preempt the fewest, lowest-priority preemptible jobs on one device.
+fn make_room<K: Clone>(
+    snapshot: &Snapshot<K>,
+    placements: &[Placement<K>],
+    unplaced: Vec<(&Request<K>, String)>,
+    waiting: &mut Vec<Waiting<K>>,
+) -> Vec<Preemption<K>> {
+    let mut preemptions = Vec::new();
+    if unplaced.is_empty() {
+        return preemptions;
+    }
+    let mut future = rooms_after(snapshot, placements);
+    // Allocations that may still be preempted, lowest priority first (ties: given order).
+    let mut candidates: Vec<&Allocation> = snapshot
+        .allocations
+        .iter()
+        .filter(|a| !a.stopping && a.preemptible.is_some())
+        .collect();
+    candidates.sort_by_key(|a| a.preemptible);
+    let mut taken: Vec<&str> = Vec::new();
+
+    for (position, (request, reason)) in unplaced.into_iter().enumerate() {
+        let holder = format!("unplaced {position}");
+        // 1. Room that Runs already stopping will give back.
+        if let Choice::On(device, vram) = choose(&future, &request.resources) {
+            if let Some(room) = future.get_mut(&device) {
+                take(room, vram, &holder);
+            }
+            let on_device: Vec<&str> = snapshot
+                .allocations
+                .iter()
+                .filter(|a| a.stopping && a.device == device)
+                .map(|a| a.holder.as_str())
+                .collect();
+            waiting.push(Waiting {
+                key: request.key.clone(),
+                reason: format!("waiting for {} to stop", on_device.join(", ")),
+            });
+            continue;
+        }
+        // 2. The device where the fewest, lowest-priority preemptible jobs make it fit.
+        let mut best: Option<(DeviceId, Vec<&Allocation>)> = None;
+        for device in &snapshot.devices {
+            let mut victims: Vec<&Allocation> = Vec::new();
+            let mut fits = false;
+            for candidate in candidates
+                .iter()
+                .filter(|a| a.device == device.id && !taken.contains(&a.holder.as_str()))
+            {
+                victims.push(candidate);
+                // The device as it will be, earlier decisions of this pass included, without
+                // the victims so far.
+                let Some(mut room) = future.get(&device.id).cloned() else {
+                    break;
+                };
+                for victim in &victims {
+                    release(&mut room, victim);
+                }
+                let only_here = BTreeMap::from([(&device.id, room)]);
+                if matches!(choose(&only_here, &request.resources), Choice::On(..)) {
+                    fits = true;
+                    break;
+                }
+            }
+            if !fits {
+                continue;
+            }
+            let better = match &best {
+                None => true,
+                Some((_, current)) => {
+                    let key =
+                        |v: &[&Allocation]| (v.iter().filter_map(|a| a.preemptible).max(), v.len());
+                    key(&victims) < key(current)
+                }
+            };
+            if better {
+                best = Some((device.id.clone(), victims));
+            }
+        }
+        match best {
+            Some((device, victims)) => {
+                if let Some(room) = future.get_mut(&device) {
+                    for victim in &victims {
+                        release(room, victim);
+                    }
+                    let vram = match (room.device.kind, request.resources.vram) {
+                        (DeviceKind::Gpu, Some(vram)) => Some(vram),
+                        _ => None,
+                    };
+                    take(room, vram, &holder);
+                }
+                let names: Vec<&str> = victims.iter().map(|v| v.holder.as_str()).collect();
+                for victim in victims {
+                    taken.push(victim.holder.as_str());
+                    preemptions.push(Preemption {
+                        holder: victim.holder.clone(),
+                        for_key: request.key.clone(),
+                        device: device.clone(),
+                    });
+                }
+                waiting.push(Waiting {
+                    key: request.key.clone(),
+                    reason: format!("preempting {} on {device} to make room", names.join(", ")),
+                });
+            }
+            None => waiting.push(Waiting {
                 key: request.key.clone(),
                 reason,
             }),
         }
     }
-    Plan {
-        placements,
-        waiting,
+    preemptions
+}
+
+/// Gives back what `allocation` holds on `room`.
+fn release(room: &mut Room, allocation: &Allocation) {
+    match (room.device.kind, allocation.vram) {
+        (DeviceKind::Gpu, Some(vram)) => {
+            room.vram_reserved = room.vram_reserved.saturating_sub(vram);
+        }
+        _ => room.whole_taken_by = None,
+    }
+    room.holders.retain(|h| h != &allocation.holder);
+    if room.holders.is_empty() {
+        room.whole_taken_by = None;
     }
 }
 

@@ -91,6 +91,8 @@ fn vram_budgets_share_a_gpu_best_fit_and_explain_when_full() {
             device: DeviceId::gpu(1),
             vram: Some(ByteSize::gib(5)),
             holder: "chat-1".into(),
+            preemptible: None,
+            stopping: false,
         }],
         requests: vec![
             service("small", 1, Some(2)),
@@ -115,6 +117,8 @@ fn a_whole_device_request_does_not_take_a_shared_gpu() {
             device: DeviceId::gpu(0),
             vram: Some(ByteSize::gib(1)),
             holder: "embed-1".into(),
+            preemptible: None,
+            stopping: false,
         }],
         requests: vec![service("whole", 1, None)],
     });
@@ -130,10 +134,136 @@ fn allocations_on_vanished_devices_are_ignored() {
             device: DeviceId::gpu(3),
             vram: None,
             holder: "old".into(),
+            preemptible: None,
+            stopping: false,
         }],
         requests: vec![service("web", 1, None)],
     });
     assert_eq!(placed(&plan, "web"), Some(Some(DeviceId::cpu(0))));
+}
+
+fn held(
+    device: DeviceId,
+    vram_gib: Option<u64>,
+    holder: &str,
+    preemptible: Option<i32>,
+) -> Allocation {
+    Allocation {
+        device,
+        vram: vram_gib.map(ByteSize::gib),
+        holder: holder.into(),
+        preemptible,
+        stopping: false,
+    }
+}
+
+#[test]
+fn a_service_preempts_the_lowest_priority_preemptible_job() {
+    // The 2-slot box: web v1 on cpu0, training on cpu1; web v2's blue/green replica needs room.
+    let plan = plan(&Snapshot {
+        devices: vec![
+            Device::cpu_slot(0),
+            Device::cpu_slot(1),
+            Device::cpu_slot(2),
+        ],
+        allocations: vec![
+            held(DeviceId::cpu(0), None, "web-1", None),
+            held(DeviceId::cpu(1), None, "train-2", Some(5)),
+            held(DeviceId::cpu(2), None, "sweep-3", Some(-1)),
+        ],
+        requests: vec![service("web-v2", 1, None), job("eval", 100, None)],
+    });
+    assert!(plan.placements.is_empty());
+    assert_eq!(
+        plan.preemptions,
+        vec![Preemption {
+            holder: "sweep-3".into(),
+            for_key: "web-v2".to_string(),
+            device: DeviceId::cpu(2),
+        }]
+    );
+    let reasons: Vec<(&str, &str)> = plan
+        .waiting
+        .iter()
+        .map(|w| (w.key.as_str(), w.reason.as_str()))
+        .collect();
+    assert!(reasons.contains(&("web-v2", "preempting sweep-3 on cpu2 to make room")));
+    // A job never preempts, whatever its priority.
+    assert!(reasons
+        .iter()
+        .any(|(k, r)| *k == "eval" && r.starts_with("needs 1 whole device")));
+}
+
+#[test]
+fn nothing_is_preempted_for_room_that_a_stopping_run_gives_back() {
+    let mut stopping = held(DeviceId::cpu(1), None, "train-2", Some(0));
+    stopping.stopping = true;
+    let plan = plan(&Snapshot {
+        devices: vec![
+            Device::cpu_slot(0),
+            Device::cpu_slot(1),
+            Device::cpu_slot(2),
+        ],
+        allocations: vec![
+            held(DeviceId::cpu(0), None, "web-1", None),
+            stopping,
+            held(DeviceId::cpu(2), None, "sweep-3", Some(-1)),
+        ],
+        requests: vec![service("web-v2", 1, None)],
+    });
+    assert!(plan.preemptions.is_empty());
+    assert_eq!(plan.waiting[0].reason, "waiting for train-2 to stop");
+}
+
+#[test]
+fn services_and_unpreemptible_jobs_are_never_preempted() {
+    let plan = plan(&Snapshot {
+        devices: vec![Device::cpu_slot(0), Device::cpu_slot(1)],
+        allocations: vec![
+            held(DeviceId::cpu(0), None, "web-1", None),
+            held(DeviceId::cpu(1), None, "train-2", None),
+        ],
+        requests: vec![service("api", 1, None)],
+    });
+    assert!(plan.preemptions.is_empty());
+    assert!(plan.waiting[0].reason.starts_with("needs 1 whole device"));
+}
+
+#[test]
+fn vram_preemption_takes_the_fewest_lowest_jobs_on_one_gpu() {
+    let plan = plan(&Snapshot {
+        devices: vec![gpu(0, 8), gpu(1, 8)],
+        allocations: vec![
+            // gpu0: two small jobs of priority 1 and 2 and a service; freeing 6 GiB takes both.
+            held(DeviceId::gpu(0), Some(3), "a-1", Some(1)),
+            held(DeviceId::gpu(0), Some(3), "b-2", Some(2)),
+            held(DeviceId::gpu(0), Some(2), "svc-3", None),
+            // gpu1: one job of priority 3 holding 7 GiB; freeing it alone is enough.
+            held(DeviceId::gpu(1), Some(7), "c-4", Some(3)),
+        ],
+        requests: vec![service("chat", 1, Some(6))],
+    });
+    // Highest victim priority decides first (2 on gpu0 vs 3 on gpu1).
+    let victims: Vec<&str> = plan.preemptions.iter().map(|p| p.holder.as_str()).collect();
+    assert_eq!(victims, ["a-1", "b-2"]);
+    assert!(plan
+        .preemptions
+        .iter()
+        .all(|p| p.device == DeviceId::gpu(0)));
+}
+
+#[test]
+fn two_waiting_replicas_do_not_count_on_the_same_freed_room() {
+    let plan = plan(&Snapshot {
+        devices: vec![Device::cpu_slot(0), Device::cpu_slot(1)],
+        allocations: vec![
+            held(DeviceId::cpu(0), None, "train-1", Some(0)),
+            held(DeviceId::cpu(1), None, "sweep-2", Some(1)),
+        ],
+        requests: vec![service("web-0", 1, None), service("web-1", 1, None)],
+    });
+    let victims: Vec<&str> = plan.preemptions.iter().map(|p| p.holder.as_str()).collect();
+    assert_eq!(victims, ["train-1", "sweep-2"]);
 }
 
 fn arbitrary_device() -> impl Strategy<Value = (bool, u64)> {
@@ -182,5 +312,78 @@ proptest! {
                 prop_assert_eq!(placed(&plan, &request.key), Some(None));
             }
         }
+    }
+
+    /// Preemption stops only preemptible jobs that are not already stopping, each at most once,
+    /// only for services; and once the victims and stopping Runs are gone, every service that
+    /// asked for them fits, without over-committing a device.
+    #[test]
+    fn preemption_is_sound(
+        devices in proptest::collection::vec(arbitrary_device(), 1..4),
+        held_by in proptest::collection::vec((0usize..4, proptest::option::of(1u64..8), proptest::option::of(-3i32..3), any::<bool>()), 0..8),
+        requests in proptest::collection::vec((proptest::option::of(1u64..8), any::<bool>()), 1..5),
+    ) {
+        let devices: Vec<Device> = devices
+            .iter()
+            .enumerate()
+            .map(|(i, (is_gpu, gib))| if *is_gpu { gpu(i as u32, *gib) } else { Device::cpu_slot(i as u32) })
+            .collect();
+        // Existing allocations built by planning them one by one, so they are themselves valid.
+        let mut allocations: Vec<Allocation> = Vec::new();
+        for (i, (_, vram, preemptible, stopping)) in held_by.iter().enumerate() {
+            let one = plan(&Snapshot {
+                devices: devices.clone(),
+                allocations: allocations.clone(),
+                requests: vec![Request {
+                    key: i,
+                    resources: ResourceRequest { devices: 1, vram: vram.map(ByteSize::gib) },
+                    class: RequestClass::Service,
+                }],
+            });
+            if let Some(p) = one.placements.first() {
+                allocations.push(Allocation {
+                    device: p.device.clone().unwrap(),
+                    vram: p.vram,
+                    holder: format!("h{i}"),
+                    preemptible: *preemptible,
+                    stopping: *stopping,
+                });
+            }
+        }
+        let requests: Vec<Request<String>> = requests
+            .iter()
+            .enumerate()
+            .map(|(i, (vram, is_service))| Request {
+                key: format!("r{i}"),
+                resources: ResourceRequest { devices: 1, vram: vram.map(ByteSize::gib) },
+                class: if *is_service { RequestClass::Service } else { RequestClass::Job { priority: 0 } },
+            })
+            .collect();
+        let made = plan(&Snapshot { devices: devices.clone(), allocations: allocations.clone(), requests: requests.clone() });
+        let mut seen = std::collections::HashSet::new();
+        for preemption in &made.preemptions {
+            let victim = allocations.iter().find(|a| a.holder == preemption.holder).unwrap();
+            prop_assert!(victim.preemptible.is_some() && !victim.stopping);
+            prop_assert_eq!(&victim.device, &preemption.device);
+            prop_assert!(seen.insert(preemption.holder.clone()), "preempted twice");
+            let asker = requests.iter().find(|r| r.key == preemption.for_key).unwrap();
+            prop_assert_eq!(asker.class, RequestClass::Service);
+        }
+        // The world after: victims and stopping Runs gone, this plan's placements made.
+        let mut after: Vec<Allocation> = allocations
+            .iter()
+            .filter(|a| !a.stopping && !seen.contains(&a.holder))
+            .cloned()
+            .collect();
+        for p in &made.placements {
+            after.push(Allocation { device: p.device.clone().unwrap(), vram: p.vram, holder: p.key.clone(), preemptible: None, stopping: false });
+        }
+        let helped: Vec<Request<String>> = requests
+            .iter()
+            .filter(|r| made.preemptions.iter().any(|p| p.for_key == r.key))
+            .cloned()
+            .collect();
+        let next = plan(&Snapshot { devices: devices.clone(), allocations: after, requests: helped.clone() });
+        prop_assert_eq!(next.placements.len(), helped.len(), "{:?}", next.waiting);
     }
 }

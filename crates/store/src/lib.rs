@@ -9,6 +9,7 @@
 
 mod error;
 mod events;
+mod models;
 mod owners;
 mod runs;
 mod schema;
@@ -21,6 +22,7 @@ use rusqlite::Connection;
 
 pub use error::StoreError;
 pub use events::EventFilter;
+pub use models::{ModelRecord, NewVersion, Promotion, VersionRecord};
 pub use owners::{OwnerState, StoredSpec};
 pub use runs::{NewRun, RunFilter, RunRecord, RunUpdate};
 

@@ -20,6 +20,8 @@ pub struct NewRun {
     pub spec_hash: String,
     pub run_dir: PathBuf,
     pub attempt: u32,
+    /// The version of its service's Model the Run serves, if the service follows one.
+    pub model_version: Option<u32>,
 }
 
 /// Everything the store knows about one Run.
@@ -46,6 +48,8 @@ pub struct RunRecord {
     pub started_ms: Option<i64>,
     pub ready_ms: Option<i64>,
     pub ended_ms: Option<i64>,
+    /// The version of its service's Model the Run serves, if the service follows one.
+    pub model_version: Option<u32>,
 }
 
 /// A change to a Run: only the `Some` fields are written.
@@ -79,7 +83,7 @@ pub struct RunFilter {
 
 const RUN_COLUMNS: &str = "id, owner_kind, owner_name, replica, state, device, vram_reserved, \
     port, pid, pid_start_ticks, child_pid, spec_hash, run_dir, attempt, exit_code, exit_signal, \
-    reason, created_ms, started_ms, ready_ms, ended_ms";
+    reason, created_ms, started_ms, ready_ms, ended_ms, model_version";
 
 impl Store {
     /// Records a new Run in state `Starting` and gives it the next id (`<owner>-<seq>`).
@@ -101,8 +105,8 @@ impl Store {
         let tx = conn.transaction()?;
         tx.execute(
             "INSERT INTO runs (owner_kind, owner_name, replica, state, device, vram_reserved, \
-             port, spec_hash, run_dir, attempt, created_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             port, spec_hash, run_dir, attempt, created_ms, model_version) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 owner_kind_text(new.owner.kind),
                 new.owner.name.as_str(),
@@ -115,6 +119,7 @@ impl Store {
                 run_dir,
                 new.attempt,
                 created_ms,
+                new.model_version,
             ],
         )?;
         let seq = tx.last_insert_rowid();
@@ -144,6 +149,7 @@ impl Store {
             started_ms: None,
             ready_ms: None,
             ended_ms: None,
+            model_version: new.model_version,
         })
     }
 
@@ -329,6 +335,7 @@ fn run_from_row(row: &Row<'_>) -> Result<RunRecord, StoreError> {
         started_ms: row.get("started_ms")?,
         ready_ms: row.get("ready_ms")?,
         ended_ms: row.get("ended_ms")?,
+        model_version: narrow_opt(row.get("model_version")?, || place("model_version"))?,
         id,
     })
 }
@@ -353,6 +360,7 @@ mod tests {
             spec_hash: "abc123".to_string(),
             run_dir: PathBuf::from("/var/lib/flowers/runs/x"),
             attempt: 2,
+            model_version: Some(3),
         }
     }
 

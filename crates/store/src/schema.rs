@@ -11,7 +11,6 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::StoreError;
 
 /// The schema, one script per version: script `i` takes the database from version `i` to `i + 1`.
-/// Models and versions come in a later script.
 const MIGRATIONS: &[&str] = &[
     // Version 1: runs, events, per-owner restart bookkeeping and run-time specs.
     r#"
@@ -72,6 +71,48 @@ const MIGRATIONS: &[&str] = &[
         spec_json  TEXT NOT NULL,
         updated_ms INTEGER NOT NULL
     );
+    "#,
+    // Version 2: models, their versions and promotion history; the version a Run serves.
+    r#"
+    ALTER TABLE runs ADD COLUMN model_version INTEGER;
+
+    CREATE TABLE models (
+        name       TEXT PRIMARY KEY,
+        -- The promoted version, NULL while none is.
+        promoted   INTEGER,
+        updated_ms INTEGER NOT NULL
+    );
+
+    CREATE TABLE versions (
+        model        TEXT NOT NULL REFERENCES models (name),
+        -- 1, 2, 3, ... per model; never reused (deleted versions keep their row).
+        version      INTEGER NOT NULL,
+        state        TEXT NOT NULL,
+        digest       TEXT NOT NULL,
+        files        INTEGER NOT NULL,
+        size_bytes   INTEGER NOT NULL,
+        metrics_json TEXT NOT NULL,
+        -- The Run that registered it, or NULL for an import.
+        run          TEXT,
+        -- The job that registered it (its checkpoints are resumed from), or NULL.
+        job          TEXT,
+        -- Where the files came from, for people.
+        source       TEXT NOT NULL,
+        reason       TEXT,
+        created_ms   INTEGER NOT NULL,
+        PRIMARY KEY (model, version)
+    );
+    CREATE INDEX versions_by_job ON versions (job, created_ms);
+
+    CREATE TABLE promotions (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        model    TEXT NOT NULL REFERENCES models (name),
+        version  INTEGER NOT NULL,
+        previous INTEGER,
+        reason   TEXT NOT NULL,
+        time_ms  INTEGER NOT NULL
+    );
+    CREATE INDEX promotions_by_model ON promotions (model, id);
     "#,
 ];
 

@@ -42,6 +42,7 @@ fn crash_writer() {
                 spec_hash: "h".into(),
                 run_dir: PathBuf::from("/tmp/run"),
                 attempt,
+                model_version: None,
             })
             .unwrap();
         writeln!(out, "committed run {}", run.id).unwrap();
