@@ -105,7 +105,7 @@ pub async fn client_command(api: &str, json: bool, command: Command) -> anyhow::
             owner,
             limit,
         } => events(&client, json, follow, owner.as_deref(), limit).await,
-        Command::Up(_) | Command::Check { .. } | Command::Openapi => {
+        Command::Up(_) | Command::Check { .. } | Command::Openapi | Command::Bench(_) => {
             unreachable!("handled in main")
         }
     };

@@ -1,6 +1,7 @@
 //! `flowers`: the one binary. `flowers up` runs the server (orchestrator, control API,
 //! gateway); every other command is a client of the control API.
 
+mod bench;
 mod commands;
 mod routes;
 mod table;
@@ -92,6 +93,15 @@ enum Command {
     },
     /// Print the control API's OpenAPI document.
     Openapi,
+    /// Benchmarks that start a Flowers of their own.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Train beside serve under load: promotions, kills and preemptions, zero failed requests.
+    Availability(bench::AvailabilityArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -127,6 +137,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => up::up(args, cli.json).await,
             Command::Check { file } => commands::check(file, cli.json),
+            Command::Bench(BenchCommand::Availability(args)) => {
+                bench::availability(args, cli.json).await
+            }
             Command::Openapi => {
                 println!("{}", api::openapi_json());
                 Ok(ExitCode::SUCCESS)

@@ -1174,6 +1174,7 @@ impl Engine {
                 key: Key::Replica(name, 0),
                 reason,
             });
+        let mut in_place = Vec::new();
         for waiting in plan.waiting.into_iter().chain(unservable) {
             let name = match &waiting.key {
                 Key::Replica(name, _) | Key::Job(name) => name.clone(),
@@ -1181,6 +1182,20 @@ impl Engine {
             // Room that is being made (a preemption, a Run stopping) is not a failure to place.
             let transient = waiting.reason.starts_with("preempting ")
                 || waiting.reason.starts_with("waiting for ");
+            if let (Key::Replica(_, replica), false) = (&waiting.key, transient) {
+                // A new version's replica with no room beside the old one, even by preemption
+                // (a box with one device): the old one is replaced in place. Requests wait in
+                // the gateway's hold queue meanwhile, so none fails, but they wait.
+                let outdated: Vec<RunId> = self
+                    .slot_runs(&name, *replica)
+                    .iter()
+                    .map(|r| r.id.clone())
+                    .collect();
+                if !outdated.is_empty() {
+                    in_place.extend(outdated);
+                    continue;
+                }
+            }
             still_waiting.insert(name.clone());
             let previous = match &waiting.key {
                 Key::Replica(..) => self.services.get_mut(&name).map(|s| &mut s.waiting),
@@ -1211,6 +1226,14 @@ impl Engine {
             if !still_waiting.contains(name) {
                 job.waiting = None;
             }
+        }
+        for run in in_place {
+            self.begin_stop(
+                &run,
+                StopCause::Replaced(
+                    "replaced in place by the promoted version: no device has room for both".into(),
+                ),
+            );
         }
         for placement in plan.placements {
             self.start_run(placement.key, placement.device, placement.vram)

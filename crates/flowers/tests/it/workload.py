@@ -4,6 +4,8 @@ Behaviour is chosen by environment variables, so each test declares what it need
 flowers.toml:
 
   WORKLOAD_READY_AFTER=SECONDS   /healthz answers 503 until then (readiness)
+  WORKLOAD_READY_FILE=NAME       /healthz answers 503 unless $FLOWERS_MODEL_PATH/NAME exists
+                                 (a model version that does not load)
   WORKLOAD_EXIT_AFTER=SECONDS    exit by itself after that long ...
   WORKLOAD_EXIT_CODE=N           ... with this code (default 1)
   WORKLOAD_IGNORE_SIGTERM=1      ignore SIGTERM (to be killed after the grace period)
@@ -28,6 +30,7 @@ from urllib.parse import parse_qs, urlparse
 
 started = time.monotonic()
 ready_after = float(os.environ.get("WORKLOAD_READY_AFTER", "0"))
+ready_file = os.environ.get("WORKLOAD_READY_FILE")
 sick = threading.Event()
 grandchild = None
 
@@ -85,6 +88,9 @@ class Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         if url.path == "/healthz":
             ok = time.monotonic() - started >= ready_after and not sick.is_set()
+            if ready_file is not None:
+                model = os.environ.get("FLOWERS_MODEL_PATH", "")
+                ok = ok and os.path.exists(os.path.join(model, ready_file))
             self.answer(200 if ok else 503, {"ok": ok})
         elif url.path == "/env":
             keys = [k for k in os.environ if k.startswith("FLOWERS_") or k == "CUDA_VISIBLE_DEVICES"]

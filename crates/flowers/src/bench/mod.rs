@@ -1,0 +1,675 @@
+//! `flowers bench availability`: the proof that training beside serving fails no request.
+//!
+//! It starts a Flowers of its own (a child `flowers up` on free loopback ports, two CPU slots, a
+//! temporary data directory) with a real service that answers with the model version it loaded
+//! (`serve.py`) and a real, preemptible training job that registers a better version every few
+//! seconds (`train.py`, promoted automatically on its loss). Each promotion on two slots is the
+//! role swap: the job is preempted, the new version starts on its slot, the old one is drained
+//! and stopped, the job resumes from its checkpoint on the freed slot. While a bounded load
+//! generator sends requests through the gateway, the service's serving process is killed with
+//! SIGKILL a few times. The report: requests, failures, versions answered, promotions and
+//! whether each was served, preemptions, kills, and p50/p99 latency steady versus during swaps.
+//! The exit status is non-zero when any request failed or any check did not hold.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+
+const SERVE_PY: &str = include_str!("serve.py");
+const TRAIN_PY: &str = include_str!("train.py");
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct AvailabilityArgs {
+    /// How long the load runs.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Concurrent clients sending requests back to back.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub concurrency: u32,
+    /// SIGKILLs of the serving replica, spread over the run.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub kills: u32,
+    /// Promotions the run must see to pass.
+    #[arg(long, default_value_t = 5)]
+    pub min_promotions: u32,
+    /// Seconds of "training" between the job's checkpoints.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub epoch: Duration,
+    /// Keep the temporary directory (config, data, logs) even when everything passed.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Sample {
+    /// Wall clock, milliseconds since the epoch, when the request was sent.
+    start_ms: f64,
+    latency_ms: f64,
+    outcome: Result<u32, String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub duration_s: f64,
+    pub concurrency: u32,
+    pub requests: usize,
+    pub failed: usize,
+    pub failures: Vec<String>,
+    pub requests_per_s: f64,
+    pub versions_registered: Vec<u32>,
+    pub versions_answered: BTreeMap<u32, usize>,
+    pub unregistered_answers: usize,
+    pub promotions: Vec<PromotionReport>,
+    pub preemptions: usize,
+    pub kills: Vec<String>,
+    pub steady: Latency,
+    pub during_swaps: Latency,
+    pub checks: Vec<Check>,
+    pub passed: bool,
+    pub data_dir: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PromotionReport {
+    pub version: u32,
+    pub at_s: f64,
+    /// Whether a later answer came from it (or the run ended first).
+    pub served: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Latency {
+    pub requests: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// A `flowers up` of the benchmark's own, stopped when dropped.
+struct Server {
+    child: std::process::Child,
+    api: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM: Flowers stops its Runs gracefully and exits.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn write_files(dir: &Path, args: &AvailabilityArgs, api: u16, gateway: u16) -> Result<PathBuf> {
+    std::fs::write(dir.join("serve.py"), SERVE_PY)?;
+    std::fs::write(dir.join("train.py"), TRAIN_PY)?;
+    let config = format!(
+        r#"# Written by `flowers bench availability`.
+[server]
+api_listen = "127.0.0.1:{api}"
+gateway_listen = "127.0.0.1:{gateway}"
+data_dir = "data"
+
+[devices]
+cpu_slots = 2
+
+[models.bench]
+promote = {{ metric = "loss", mode = "min" }}
+keep = 4
+
+[services.web]
+command = ["python3", "serve.py"]
+devices = 1
+model = "bench"
+routes = [{{ path = "/" }}]
+stop_grace = "5s"
+
+[services.web.probe]
+interval = "100ms"
+timeout = "1s"
+start_timeout = "30s"
+
+[services.web.restart]
+backoff = "100ms"
+backoff_max = "1s"
+crash_loop_after = 1000
+
+[jobs.train]
+command = ["python3", "train.py"]
+devices = 1
+preemptible = true
+autostart = true
+stop_grace = "10s"
+model = "bench"
+env = {{ BENCH_EPOCH_SECONDS = "{epoch}" }}
+"#,
+        epoch = args.epoch.as_secs_f64()
+    );
+    let path = dir.join("flowers.toml");
+    std::fs::write(&path, config)?;
+    Ok(path)
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value> {
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = response.status();
+    let body: Value = response
+        .json()
+        .await
+        .with_context(|| format!("GET {url}: the answer is not JSON"))?;
+    if !status.is_success() {
+        bail!("GET {url}: {status}: {body}");
+    }
+    Ok(body)
+}
+
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("timed out after {}s waiting for {what}", timeout.as_secs())
+}
+
+fn now_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+pub async fn availability(args: AvailabilityArgs, json: bool) -> Result<ExitCode> {
+    let python = std::process::Command::new("python3")
+        .arg("--version")
+        .output();
+    if !python.is_ok_and(|o| o.status.success()) {
+        bail!("python3 is needed for the benchmark's service and job, and was not found on PATH");
+    }
+    let dir = std::env::temp_dir().join(format!("flowers-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let outcome = run(&args, &dir).await;
+    let keep = args.keep || !outcome.as_ref().is_ok_and(|r| r.passed);
+    match outcome {
+        Ok(mut report) => {
+            report.data_dir = keep.then(|| dir.display().to_string());
+            if !keep {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_report(&report);
+            }
+            Ok(if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Err(error) => Err(error.context(format!(
+            "the benchmark did not complete; its files are in {}",
+            dir.display()
+        ))),
+    }
+}
+
+async fn run(args: &AvailabilityArgs, dir: &Path) -> Result<Report> {
+    let api_port = free_port()?;
+    let gateway_port = free_port()?;
+    let config = write_files(dir, args, api_port, gateway_port)?;
+    let log = std::fs::File::create(dir.join("flowers.log"))?;
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .arg("up")
+        .arg("--config")
+        .arg(&config)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start `flowers up`")?;
+    let server = Server {
+        child,
+        api: format!("http://127.0.0.1:{api_port}"),
+    };
+    let control = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let api = server.api.clone();
+    wait_for("the control API", Duration::from_secs(30), || {
+        let url = format!("{api}/v1/status");
+        let control = control.clone();
+        async move { get_json(&control, &url).await.is_ok() }
+    })
+    .await?;
+    // The job registers the first version, which is promoted and served.
+    wait_for(
+        "the first version to be served",
+        Duration::from_secs(90),
+        || {
+            let url = format!("{api}/v1/services/web");
+            let control = control.clone();
+            async move {
+                get_json(&control, &url)
+                    .await
+                    .is_ok_and(|s| s["ready"].as_u64().unwrap_or(0) >= 1)
+            }
+        },
+    )
+    .await?;
+
+    let gateway = format!("http://127.0.0.1:{gateway_port}/predict");
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let started = Instant::now();
+    let load_start_ms = now_ms();
+    let end = started + args.duration;
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()?;
+        let url = gateway.clone();
+        let samples = samples.clone();
+        workers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while Instant::now() < end {
+                let start_ms = now_ms();
+                let sent = Instant::now();
+                let outcome = request(&client, &url).await;
+                mine.push(Sample {
+                    start_ms,
+                    latency_ms: sent.elapsed().as_secs_f64() * 1000.0,
+                    outcome,
+                });
+            }
+            samples.lock().unwrap().extend(mine);
+        }));
+    }
+    let kills = chaos(&control, &api, args, started).await;
+    for worker in workers {
+        worker.await?;
+    }
+    let load_end_ms = now_ms();
+    let samples = std::mem::take(&mut *samples.lock().unwrap());
+
+    let events = get_json(&control, &format!("{api}/v1/events?limit=10000")).await?;
+    let model = get_json(&control, &format!("{api}/v1/models/bench")).await?;
+    drop(server);
+    Ok(analyse(
+        args,
+        samples,
+        kills?,
+        &events,
+        &model,
+        load_start_ms,
+        load_end_ms,
+    ))
+}
+
+async fn request(client: &reqwest::Client, url: &str) -> Result<u32, String> {
+    let response = client.get(url).send().await.map_err(|e| format!("{e:#}"))?;
+    let status = response.status();
+    let body = response.text().await.map_err(|e| format!("body: {e:#}"))?;
+    if !status.is_success() {
+        return Err(format!(
+            "{status}: {}",
+            body.chars().take(200).collect::<String>()
+        ));
+    }
+    let value: Value =
+        serde_json::from_str(&body).map_err(|e| format!("not JSON ({e}): {body}"))?;
+    value["version"]
+        .as_u64()
+        .map(|v| v as u32)
+        .ok_or_else(|| format!("no version in {body}"))
+}
+
+/// Kills the serving replica's process with SIGKILL `kills` times, evenly spread.
+async fn chaos(
+    control: &reqwest::Client,
+    api: &str,
+    args: &AvailabilityArgs,
+    started: Instant,
+) -> Result<Vec<(f64, String)>> {
+    let mut kills = Vec::new();
+    for i in 0..args.kills {
+        let at = args
+            .duration
+            .mul_f64(f64::from(i + 1) / f64::from(args.kills + 1));
+        tokio::time::sleep_until((started + at).into()).await;
+        // The newest ready replica: the one serving now.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let runs = get_json(control, &format!("{api}/v1/runs?owner=web&active=true")).await?;
+            let target = runs
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|run| run["state"] == "ready" && run["child_pid"].as_u64().is_some());
+            if let Some(run) = target {
+                let pid = run["child_pid"].as_u64().unwrap_or(0) as i32;
+                let id = run["id"].as_str().unwrap_or("?").to_string();
+                let killed_ms = now_ms();
+                // SAFETY: kill(2) with a pid read from Flowers' API; no memory is involved.
+                if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                    kills.push((killed_ms, format!("{id} (pid {pid})")));
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no ready replica of web to kill for 30s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(kills)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn latency(mut values: Vec<f64>) -> Latency {
+    values.sort_by(f64::total_cmp);
+    Latency {
+        requests: values.len(),
+        p50_ms: percentile(&values, 50.0),
+        p99_ms: percentile(&values, 99.0),
+        max_ms: values.last().copied().unwrap_or(0.0),
+    }
+}
+
+fn analyse(
+    args: &AvailabilityArgs,
+    samples: Vec<Sample>,
+    kills: Vec<(f64, String)>,
+    events: &Value,
+    model: &Value,
+    load_start_ms: f64,
+    load_end_ms: f64,
+) -> Report {
+    let events: Vec<&Value> = events.as_array().into_iter().flatten().collect();
+    let at = |e: &Value| e["time_ms"].as_f64().unwrap_or(0.0);
+    let kind = |e: &Value, k: &str| e["kind"] == k;
+    let during_load = |t: f64| t >= load_start_ms && t <= load_end_ms;
+
+    let registered: BTreeSet<u32> = model["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["version"].as_u64().map(|v| v as u32))
+        .collect();
+    let mut answered: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for sample in &samples {
+        match &sample.outcome {
+            Ok(version) => *answered.entry(*version).or_default() += 1,
+            Err(error) => failures.push(format!(
+                "at {:.1}s: {error}",
+                (sample.start_ms - load_start_ms) / 1000.0
+            )),
+        }
+    }
+    let unregistered = answered
+        .iter()
+        .filter(|(v, _)| !registered.contains(v))
+        .map(|(_, n)| n)
+        .sum();
+
+    // Promotions during the load, and whether an answer came from each afterwards.
+    let promotion_events: Vec<(f64, u32)> = events
+        .iter()
+        .filter(|e| kind(e, "version_promoted") && during_load(at(e)))
+        .filter_map(|e| {
+            let message = e["message"].as_str()?;
+            let version = message
+                .split(':')
+                .nth(1)?
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?;
+            Some((at(e), version.parse().ok()?))
+        })
+        .collect();
+    let promotions: Vec<PromotionReport> = promotion_events
+        .iter()
+        .enumerate()
+        .map(|(i, (t, version))| {
+            let next = promotion_events.get(i + 1).map_or(f64::MAX, |(t, _)| *t);
+            let served = samples
+                .iter()
+                .any(|s| s.start_ms >= *t && s.outcome.as_ref().is_ok_and(|v| v == version));
+            // A promotion in the last seconds may be cut off by the end of the load.
+            let cut_off = next == f64::MAX && load_end_ms - t < 15_000.0;
+            PromotionReport {
+                version: *version,
+                at_s: (t - load_start_ms) / 1000.0,
+                served: served || cut_off,
+            }
+        })
+        .collect();
+    let preemptions = events
+        .iter()
+        .filter(|e| kind(e, "job_preempted") && during_load(at(e)))
+        .count();
+
+    // Swap windows: promotion → the old replica stopped; kill → a replica ready again.
+    let web = |e: &Value| e["owner"] == "web";
+    let mut windows: Vec<(f64, f64)> = Vec::new();
+    for (t, _) in &promotion_events {
+        let end = events
+            .iter()
+            .filter(|e| web(e) && kind(e, "run_stopped") && at(e) > *t)
+            .map(|e| at(e))
+            .next()
+            .unwrap_or(load_end_ms);
+        windows.push((*t, end));
+    }
+    for (t, _) in &kills {
+        let end = events
+            .iter()
+            .filter(|e| web(e) && kind(e, "run_ready") && at(e) > *t)
+            .map(|e| at(e))
+            .next()
+            .unwrap_or(load_end_ms);
+        windows.push((*t, end));
+    }
+    let (mut steady, mut swapping) = (Vec::new(), Vec::new());
+    for sample in &samples {
+        let end = sample.start_ms + sample.latency_ms;
+        let overlaps = windows
+            .iter()
+            .any(|(a, b)| sample.start_ms <= *b && end >= *a);
+        if overlaps {
+            swapping.push(sample.latency_ms);
+        } else {
+            steady.push(sample.latency_ms);
+        }
+    }
+
+    let elapsed_s = (load_end_ms - load_start_ms) / 1000.0;
+    let mut checks = Vec::new();
+    let mut check = |name: &str, passed: bool, detail: String| {
+        checks.push(Check {
+            name: name.to_string(),
+            passed,
+            detail,
+        })
+    };
+    check(
+        "no failed request",
+        failures.is_empty() && !samples.is_empty(),
+        format!("{} of {} failed", failures.len(), samples.len()),
+    );
+    check(
+        "every answer from a registered version",
+        unregistered == 0,
+        format!("{unregistered} answer(s) from versions never registered"),
+    );
+    check(
+        "promotions",
+        promotions.len() >= args.min_promotions as usize,
+        format!(
+            "{} (at least {} wanted)",
+            promotions.len(),
+            args.min_promotions
+        ),
+    );
+    let unserved: Vec<u32> = promotions
+        .iter()
+        .filter(|p| !p.served)
+        .map(|p| p.version)
+        .collect();
+    check(
+        "each promoted version served",
+        unserved.is_empty(),
+        if unserved.is_empty() {
+            "all".to_string()
+        } else {
+            format!("never answered: {unserved:?}")
+        },
+    );
+    check(
+        "preemptions",
+        preemptions >= 1,
+        format!("{preemptions} (at least 1 wanted)"),
+    );
+    check(
+        "kills",
+        kills.len() == args.kills as usize,
+        format!("{} of {}", kills.len(), args.kills),
+    );
+    let passed = checks.iter().all(|c| c.passed);
+    failures.truncate(20);
+    Report {
+        duration_s: elapsed_s,
+        concurrency: args.concurrency,
+        requests: samples.len(),
+        failed: samples.iter().filter(|s| s.outcome.is_err()).count(),
+        failures,
+        requests_per_s: samples.len() as f64 / elapsed_s.max(0.001),
+        versions_registered: registered.into_iter().collect(),
+        versions_answered: answered,
+        unregistered_answers: unregistered,
+        promotions,
+        preemptions,
+        kills: kills
+            .into_iter()
+            .map(|(t, what)| format!("{what} at {:.1}s", (t - load_start_ms) / 1000.0))
+            .collect(),
+        steady: latency(steady),
+        during_swaps: latency(swapping),
+        checks,
+        passed,
+        data_dir: None,
+    }
+}
+
+fn print_report(report: &Report) {
+    println!(
+        "availability: {} requests in {:.1}s ({:.0}/s) from {} clients, {} failed",
+        report.requests,
+        report.duration_s,
+        report.requests_per_s,
+        report.concurrency,
+        report.failed
+    );
+    for failure in &report.failures {
+        println!("  failed {failure}");
+    }
+    let promotions: Vec<String> = report
+        .promotions
+        .iter()
+        .map(|p| {
+            format!(
+                "v{} at {:.1}s{}",
+                p.version,
+                p.at_s,
+                if p.served { "" } else { " (never served)" }
+            )
+        })
+        .collect();
+    println!(
+        "promotions: {} ({})",
+        report.promotions.len(),
+        promotions.join(", ")
+    );
+    println!("preemptions: {}", report.preemptions);
+    println!(
+        "kills: {} ({})",
+        report.kills.len(),
+        report.kills.join(", ")
+    );
+    let answered: Vec<String> = report
+        .versions_answered
+        .iter()
+        .map(|(v, n)| format!("v{v}: {n}"))
+        .collect();
+    println!("answers by version: {}", answered.join(", "));
+    println!();
+    println!(
+        "{:<14} {:>9} {:>9} {:>9} {:>9}",
+        "LATENCY", "REQUESTS", "P50 MS", "P99 MS", "MAX MS"
+    );
+    for (name, l) in [
+        ("steady", &report.steady),
+        ("during swaps", &report.during_swaps),
+    ] {
+        println!(
+            "{name:<14} {:>9} {:>9.1} {:>9.1} {:>9.1}",
+            l.requests, l.p50_ms, l.p99_ms, l.max_ms
+        );
+    }
+    println!();
+    for check in &report.checks {
+        println!(
+            "{} {}: {}",
+            if check.passed { "ok  " } else { "FAIL" },
+            check.name,
+            check.detail
+        );
+    }
+    if let Some(dir) = &report.data_dir {
+        println!("files kept in {dir}");
+    }
+}
