@@ -1,6 +1,7 @@
 //! `flowers`: the one binary. `flowers up` runs the server (orchestrator, control API,
 //! gateway); every other command is a client of the control API.
 
+mod access_log;
 mod commands;
 mod routes;
 mod table;
