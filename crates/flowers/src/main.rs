@@ -91,8 +91,20 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Show the gateway's traffic per route: answers by status, errors, bytes, latency.
+    Gateway {
+        #[command(subcommand)]
+        action: Option<GatewayAction>,
+    },
     /// Print the control API's OpenAPI document.
     Openapi,
+}
+
+#[derive(Subcommand, Debug)]
+enum GatewayAction {
+    /// Make a random API key and print it with the `api_keys` entry for flowers.toml (only
+    /// the key's SHA-256 goes there).
+    NewKey,
 }
 
 #[derive(clap::Args, Debug)]
@@ -132,6 +144,9 @@ fn main() -> ExitCode {
                 println!("{}", api::openapi_json());
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Gateway {
+                action: Some(GatewayAction::NewKey),
+            } => commands::new_key(cli.json),
             command => commands::client_command(&cli.api, cli.json, command).await,
         }
     });

@@ -148,6 +148,7 @@ pub async fn up(args: UpArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
     let state = api::AppState {
         orchestrator: handle.clone(),
         gpus,
+        gateway: gateway.clone(),
         info: Arc::new(info),
     };
     let (stop_servers, servers_stopped) = tokio::sync::watch::channel(false);
