@@ -8,6 +8,11 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+mod gateway;
+pub use gateway::{
+    GatewayReport, GatewayRouteInfo, LatencyBucket, LatencyInfo, StatusClasses, TrafficInfo,
+};
+
 /// Every error answer of the control API. 4xx: the request was wrong; 5xx: Flowers failed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ApiError {

@@ -3,13 +3,15 @@
 //!
 //! This crate translates between HTTP and the orchestrator's [`orchestrator::Handle`]: it
 //! reads the published view, the store (history of runs and events) and the GPU readings, and
-//! forwards actions as commands. It decides nothing itself and never touches processes. Every
+//! forwards actions as commands; it reads the gateway's traffic report for `/v1/gateway` and
+//! `/metrics`. It decides nothing itself and never touches processes. Every
 //! error is JSON with a stable `code` and a `message`: 4xx for the caller's mistakes, 5xx for
 //! ours (details of a 5xx go to the log, not to the client).
 
 mod convert;
 mod error;
 mod routes;
+mod traffic;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ pub use routes::{openapi_json, router, ApiDoc};
 pub struct AppState {
     pub orchestrator: orchestrator::Handle,
     pub gpus: Arc<gpu::Gpus>,
+    pub gateway: Arc<gateway::Gateway>,
     pub info: Arc<ServerInfo>,
 }
 

@@ -19,6 +19,9 @@ use api_types::{
     ActionResponse, AllocationInfo, ApiError, DeviceInfo, DevicesResponse, EventInfo,
     GpuProcessInfo, JobInfo, ResourcesInfo, RunInfo, ServerInfo, ServiceInfo, Telemetry,
 };
+use api_types::{
+    GatewayReport, GatewayRouteInfo, LatencyBucket, LatencyInfo, StatusClasses, TrafficInfo,
+};
 use domain::{DeviceKind, RunId};
 use store::{EventFilter, RunFilter, RunRecord, Store};
 
@@ -48,7 +51,9 @@ use crate::{convert, AppState};
         stop_run,
         run_logs,
         events,
-        openapi
+        openapi,
+        crate::traffic::report,
+        crate::traffic::metrics
     ),
     components(schemas(
         ApiError,
@@ -63,7 +68,13 @@ use crate::{convert, AppState};
         JobInfo,
         RunInfo,
         EventInfo,
-        ActionResponse
+        ActionResponse,
+        GatewayReport,
+        GatewayRouteInfo,
+        TrafficInfo,
+        StatusClasses,
+        LatencyInfo,
+        LatencyBucket
     ))
 )]
 pub struct ApiDoc;
@@ -92,6 +103,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs/{id}/logs", get(run_logs))
         .route("/v1/events", get(events))
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/gateway", get(crate::traffic::report))
+        .route("/metrics", get(crate::traffic::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -57,6 +57,9 @@ impl Client {
     pub async fn devices(&self) -> Result<DevicesResponse, ClientError> {
         self.get("/v1/devices").await
     }
+    pub async fn gateway(&self) -> Result<GatewayReport, ClientError> {
+        self.get("/v1/gateway").await
+    }
     pub async fn services(&self) -> Result<Vec<ServiceInfo>, ClientError> {
         self.get("/v1/services").await
     }

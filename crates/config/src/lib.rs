@@ -66,6 +66,9 @@ pub struct ServerConfig {
     /// `$XDG_DATA_HOME/flowers`, else `$HOME/.local/share/flowers`. Environment
     /// `FLOWERS_DATA_DIR` (absolute only).
     pub data_dir: PathBuf,
+    /// `access_log`: write one JSON line per gateway request to `DATA_DIR/logs/access.log`,
+    /// rotated like Runs' logs (`[logs] max_size`, `keep`). Default true.
+    pub access_log: bool,
 }
 
 /// `[devices]`: what Runs are placed on.
@@ -234,6 +237,7 @@ fn build(
                 .or(file.api_listen)
                 .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, 7070))),
             data_dir,
+            access_log: file.access_log.unwrap_or(true),
         },
         devices: DevicesConfig {
             cpu_slots: overrides

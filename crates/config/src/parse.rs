@@ -12,8 +12,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use domain::{
-    ByteSize, JobSpec, MetricMode, ModelSpec, Name, ProbeSpec, PromotePolicy, ResourceRequest,
-    RestartPolicy, RestartSpec, RouteSpec, ServiceSpec,
+    ApiKeyDigest, ByteSize, JobSpec, MetricMode, ModelSpec, Name, ProbeSpec, PromotePolicy,
+    ResourceRequest, RestartPolicy, RestartSpec, RouteSpec, ServiceSpec,
 };
 use toml_edit::{Item, TableLike, Value};
 
@@ -30,7 +30,7 @@ const DEFAULT_JOB_RESTART_BACKOFF: Duration = Duration::from_secs(1);
 const MIN_LOG_SIZE: u64 = 4 * ByteSize::KIB;
 
 const ROOT_KEYS: &[&str] = &["server", "devices", "logs", "models", "services", "jobs"];
-const SERVER_KEYS: &[&str] = &["gateway_listen", "api_listen", "data_dir"];
+const SERVER_KEYS: &[&str] = &["gateway_listen", "api_listen", "data_dir", "access_log"];
 const DEVICES_KEYS: &[&str] = &["cpu_slots"];
 const LOGS_KEYS: &[&str] = &["max_size", "keep", "keep_runs"];
 /// How long a request waits for a ready replica by default, and at most.
@@ -51,6 +51,7 @@ const SERVICE_KEYS: &[&str] = &[
     "routes",
     "hold",
     "max_body",
+    "api_keys",
     "probe",
     "restart",
 ];
@@ -92,6 +93,7 @@ pub(crate) struct FileLayer {
     pub gateway_listen: Option<SocketAddr>,
     pub api_listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    pub access_log: Option<bool>,
     pub cpu_slots: Option<u32>,
     pub logs_max_size: Option<ByteSize>,
     pub logs_keep: Option<u32>,
@@ -262,6 +264,7 @@ impl Walker<'_> {
             layer.data_dir = self.read(&server, "data_dir", |item| {
                 non_empty_string(item, "a directory path").map(|text| resolve(base_dir, text))
             });
+            layer.access_log = self.read(&server, "access_log", boolean);
         }
 
         if let Some(devices) = self.section(&root, "devices") {
@@ -386,6 +389,7 @@ impl Walker<'_> {
                 Ok(size)
             })
             .unwrap_or(DEFAULT_MAX_BODY);
+        let api_keys = self.api_keys(&section);
         let probe = self.probe(&section);
         let restart = self.restart(&section);
         Some(ServiceSpec {
@@ -401,6 +405,7 @@ impl Walker<'_> {
             routes,
             hold,
             max_body,
+            api_keys,
             model,
         })
     }
@@ -675,6 +680,40 @@ impl Walker<'_> {
             });
         }
         routes
+    }
+
+    /// `api_keys = ["sha256:…", …]`: digests only, so that the file never holds a key.
+    fn api_keys(&mut self, section: &Section) -> Vec<ApiKeyDigest> {
+        let Some(item) = section.table.get("api_keys") else {
+            return Vec::new();
+        };
+        let field = section.field("api_keys");
+        let Some(array) = item.as_array() else {
+            let message = format!(
+                "expected a list of key digests such as [\"sha256:…\"] (from `flowers gateway \
+                 new-key`), got {}",
+                got(item)
+            );
+            self.report(section.span_of("api_keys"), &field, message);
+            return Vec::new();
+        };
+        let mut digests = Vec::with_capacity(array.len());
+        for (index, value) in array.iter().enumerate() {
+            let parsed = match value.as_str() {
+                Some(text) => text
+                    .parse::<ApiKeyDigest>()
+                    .map_err(|error| error.to_string()),
+                None => Err(format!(
+                    "expected \"sha256:\" followed by 64 hex digits, got {}",
+                    got_value(value)
+                )),
+            };
+            match parsed {
+                Ok(digest) => digests.push(digest),
+                Err(message) => self.report(value.span(), &format!("{field}[{index}]"), message),
+            }
+        }
+        digests
     }
 
     fn probe(&mut self, parent: &Section) -> ProbeSpec {

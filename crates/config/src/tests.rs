@@ -572,6 +572,7 @@ const FULL_EXAMPLE: &str = r#"
 gateway_listen = "0.0.0.0:80"
 api_listen = "127.0.0.1:7000"
 data_dir = "/srv/flowers"
+access_log = false
 
 [devices]
 cpu_slots = 2
@@ -591,6 +592,7 @@ vram = "2GiB"
 stop_grace = "15s"
 hold = "5s"
 max_body = "1MiB"
+api_keys = ["sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"]
 model = "m"
 routes = [{ path = "/v1" }, { host = "Chat.LAN", path = "/" }, { host = "api.lan" }]
 
@@ -647,6 +649,7 @@ fn full_example_loads_into_the_expected_specs() {
             gateway_listen: "0.0.0.0:80".parse().unwrap(),
             api_listen: "127.0.0.1:7000".parse().unwrap(),
             data_dir: PathBuf::from("/srv/flowers"),
+            access_log: false,
         }
     );
     assert_eq!(config.devices.cpu_slots, Some(2));
@@ -689,6 +692,11 @@ fn full_example_loads_into_the_expected_specs() {
         stop_grace: Duration::from_secs(15),
         hold: Duration::from_secs(5),
         max_body: ByteSize::mib(1),
+        api_keys: vec![
+            "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+                .parse()
+                .unwrap(),
+        ],
         routes: vec![
             RouteSpec {
                 host: None,
@@ -845,6 +853,59 @@ fn hold_and_max_body_are_checked() {
     let web = &config.services[&name("web")];
     assert_eq!(web.hold, Duration::from_secs(30));
     assert_eq!(web.max_body, ByteSize::mib(100));
+}
+
+#[test]
+fn api_keys_must_be_sha256_digests() {
+    let head = "[services.web]\ncommand = [\"app\"]\n";
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let config = load(&format!("{head}api_keys = [\"{digest}\"]\n")).unwrap();
+    assert_eq!(
+        config.services[&name("web")].api_keys[0].to_string(),
+        digest
+    );
+    assert!(load(head).unwrap().services[&name("web")]
+        .api_keys
+        .is_empty());
+    assert!(
+        load(&format!("{head}api_keys = []\n")).unwrap().services[&name("web")]
+            .api_keys
+            .is_empty()
+    );
+
+    // A key pasted instead of its digest is the likely mistake; it must not be accepted.
+    assert_eq!(
+        problem(&format!("{head}api_keys = [\n  \"{digest}\",\n  \"my-secret\",\n]\n")),
+        "flowers.toml:5: services.web.api_keys[1]: expected \"sha256:\" followed by 64 hex \
+         digits (the SHA-256 of the key, as `flowers gateway new-key` prints it), got \"my-secret\""
+    );
+    assert_eq!(
+        problem(&format!("{head}api_keys = [42]\n")),
+        "flowers.toml:3: services.web.api_keys[0]: expected \"sha256:\" followed by 64 hex \
+         digits, got 42"
+    );
+    assert_eq!(
+        problem(&format!("{head}api_keys = \"{digest}\"\n")),
+        format!(
+            "flowers.toml:3: services.web.api_keys: expected a list of key digests such as \
+             [\"sha256:…\"] (from `flowers gateway new-key`), got \"{digest}\""
+        )
+    );
+}
+
+#[test]
+fn access_log_is_on_unless_turned_off() {
+    assert!(load("").unwrap().server.access_log);
+    assert!(
+        !load("[server]\naccess_log = false\n")
+            .unwrap()
+            .server
+            .access_log
+    );
+    assert_eq!(
+        problem("[server]\naccess_log = \"no\"\n"),
+        "flowers.toml:2: server.access_log: expected true or false, got \"no\""
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! `code=137 (SIGKILL)`). It never does I/O, never reads the environment and never knows how
 //! anything is stored, scheduled or served: every other crate speaks in these types.
 
+mod api_key;
 mod bytes;
 mod device;
 mod event;
@@ -13,6 +14,7 @@ mod name;
 mod run;
 mod spec;
 
+pub use api_key::{ApiKeyDigest, ApiKeyDigestError};
 pub use bytes::{ByteSize, ByteSizeError};
 pub use device::{Device, DeviceId, DeviceKind, GpuProcess, GpuTelemetry};
 pub use event::{Event, EventKind, NewEvent};

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ByteSize, Name};
+use crate::{ApiKeyDigest, ByteSize, Name};
 
 /// How much of a device a Run needs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -126,6 +126,9 @@ pub struct ServiceSpec {
     pub hold: Duration,
     /// The largest request body its routes accept.
     pub max_body: ByteSize,
+    /// Digests of the keys its routes accept as `Authorization: Bearer KEY`; empty: open.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyDigest>,
     /// The Model whose promoted version this service serves.
     pub model: Option<Name>,
 }

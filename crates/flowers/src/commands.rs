@@ -1,14 +1,14 @@
 //! The commands other than `up`: `check` reads the config file; the rest talk to a running
 //! Flowers through the control API only.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
-use client::{Client, ClientError, DeviceInfo, EventInfo, RunInfo};
+use client::{Client, ClientError, DeviceInfo, EventInfo, RunInfo, TrafficInfo};
 use futures::StreamExt;
 
 use crate::table::Table;
@@ -105,11 +105,39 @@ pub async fn client_command(api: &str, json: bool, command: Command) -> anyhow::
             owner,
             limit,
         } => events(&client, json, follow, owner.as_deref(), limit).await,
-        Command::Up(_) | Command::Check { .. } | Command::Openapi | Command::Bench(_) => {
+        Command::Gateway { action: None } => gateway_traffic(&client, json).await,
+        Command::Up(_)
+        | Command::Check { .. }
+        | Command::Openapi
+        | Command::Bench(_)
+        | Command::Gateway { action: Some(_) } => {
             unreachable!("handled in main")
         }
     };
     result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `flowers gateway new-key`: 32 random bytes from the kernel as 64 hex digits, and the digest
+/// line for flowers.toml. The key is printed once and kept nowhere.
+pub fn new_key(json: bool) -> anyhow::Result<ExitCode> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .context("cannot read random bytes from /dev/urandom")?;
+    let key: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    let digest = domain::ApiKeyDigest(gateway::key_digest(&key));
+    if json {
+        let value = serde_json::json!({ "key": key, "digest": digest.to_string() });
+        println!("{value:#}");
+    } else {
+        println!("key:     {key}");
+        println!("config:  api_keys = [\"{digest}\"]");
+        println!();
+        println!("Put the config line in the service's table of flowers.toml (add to the list");
+        println!("to keep older keys working). Clients send `Authorization: Bearer KEY`. Only the");
+        println!("key's SHA-256 is kept: store the key itself where its users can find it.");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -406,6 +434,96 @@ async fn logs(client: &Client, name: &str, follow: bool, tail: usize) -> anyhow:
     for task in tasks {
         task.await??;
     }
+    Ok(())
+}
+
+/// `12ms`, `1.5s`: a latency for people.
+fn latency(seconds: Option<f64>) -> String {
+    match seconds {
+        None => "-".to_string(),
+        Some(s) if s < 0.01 => format!("{:.1}ms", s * 1000.0),
+        Some(s) if s < 1.0 => format!("{:.0}ms", s * 1000.0),
+        Some(s) => format!("{s:.1}s"),
+    }
+}
+
+fn traffic_row(service: String, route: String, traffic: &TrafficInfo) -> Vec<String> {
+    let responses = &traffic.responses;
+    let errors = traffic
+        .errors
+        .iter()
+        .map(|(code, count)| format!("{code}={count}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    vec![
+        service,
+        route,
+        traffic.requests.to_string(),
+        responses.status_1xx.to_string(),
+        responses.status_2xx.to_string(),
+        responses.status_3xx.to_string(),
+        responses.status_4xx.to_string(),
+        responses.status_5xx.to_string(),
+        traffic.in_flight.to_string(),
+        gib(traffic.bytes_in),
+        gib(traffic.bytes_out),
+        latency(traffic.latency.p50_seconds),
+        latency(traffic.latency.p90_seconds),
+        latency(traffic.latency.p99_seconds),
+        if errors.is_empty() {
+            "-".into()
+        } else {
+            errors
+        },
+    ]
+}
+
+async fn gateway_traffic(client: &Client, json: bool) -> anyhow::Result<()> {
+    let report = client.gateway().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let mut table = Table::new(&[
+        "SERVICE",
+        "ROUTE",
+        "REQUESTS",
+        "1XX",
+        "2XX",
+        "3XX",
+        "4XX",
+        "5XX",
+        "IN FLIGHT",
+        "IN",
+        "OUT",
+        "P50",
+        "P90",
+        "P99",
+        "GATEWAY ERRORS",
+    ]);
+    for route in &report.routes {
+        let service = if route.active {
+            route.service.clone()
+        } else {
+            format!("{} (removed)", route.service)
+        };
+        let path = format!(
+            "{}{}",
+            route.host.as_deref().unwrap_or(""),
+            route.path_prefix
+        );
+        table.row(traffic_row(service, path, &route.traffic));
+    }
+    table.row(traffic_row(
+        "-".into(),
+        "(no route)".into(),
+        &report.unrouted,
+    ));
+    print!("{}", table.render());
+    println!(
+        "held requests: {}, open connections: {}, access log lines dropped: {}",
+        report.held_requests, report.open_connections, report.access_log_dropped
+    );
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `flowers`: the one binary. `flowers up` runs the server (orchestrator, control API,
 //! gateway); every other command is a client of the control API.
 
+mod access_log;
 mod bench;
 mod commands;
 mod routes;
@@ -91,6 +92,11 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Show the gateway's traffic per route: answers by status, errors, bytes, latency.
+    Gateway {
+        #[command(subcommand)]
+        action: Option<GatewayAction>,
+    },
     /// Print the control API's OpenAPI document.
     Openapi,
     /// Benchmarks that start a Flowers of their own.
@@ -102,6 +108,13 @@ enum Command {
 enum BenchCommand {
     /// Train beside serve under load: promotions, kills and preemptions, zero failed requests.
     Availability(bench::AvailabilityArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum GatewayAction {
+    /// Make a random API key and print it with the `api_keys` entry for flowers.toml (only
+    /// the key's SHA-256 goes there).
+    NewKey,
 }
 
 #[derive(clap::Args, Debug)]
@@ -144,6 +157,9 @@ fn main() -> ExitCode {
                 println!("{}", api::openapi_json());
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Gateway {
+                action: Some(GatewayAction::NewKey),
+            } => commands::new_key(cli.json),
             command => commands::client_command(&cli.api, cli.json, command).await,
         }
     });

@@ -37,6 +37,7 @@ pub fn route_table(view: &orchestrator::View) -> gateway::RouteTable {
                 replicas: replicas.clone(),
                 hold: service.spec.hold,
                 max_body: service.spec.max_body.bytes(),
+                api_keys: service.spec.api_keys.iter().map(|key| key.0).collect(),
             });
         }
     }

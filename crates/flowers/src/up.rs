@@ -98,7 +98,17 @@ pub async fn up(args: UpArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         config::ConfigSource::File(path) => path.display().to_string(),
         config::ConfigSource::Embedded => "embedded".to_string(),
     };
-    let gateway = gateway::Gateway::new(gateway::Settings::default());
+    let access_log = if config.server.access_log {
+        let log =
+            crate::access_log::start(&data_dir, config.logs.max_size.bytes(), config.logs.keep)?;
+        Some(log)
+    } else {
+        None
+    };
+    let gateway = gateway::Gateway::new(gateway::Settings {
+        access_log,
+        ..gateway::Settings::default()
+    });
     let counts = gateway.clone();
     let settings = orchestrator::Settings {
         data_dir: data_dir.clone(),
@@ -139,6 +149,7 @@ pub async fn up(args: UpArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
     let state = api::AppState {
         orchestrator: handle.clone(),
         gpus,
+        gateway: gateway.clone(),
         info: Arc::new(info),
     };
     let (stop_servers, servers_stopped) = tokio::sync::watch::channel(false);

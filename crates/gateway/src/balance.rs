@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::stats::Traffic;
 use crate::{Replica, Route, RouteTable};
 
 /// One replica as the request path sees it: its address and its shared in-flight counter.
@@ -16,11 +17,13 @@ pub(crate) struct LiveReplica {
     outstanding: Arc<AtomicUsize>,
 }
 
-/// A route with live replicas and a round-robin cursor for breaking ties.
+/// A route with live replicas, its traffic counters and a round-robin cursor for breaking
+/// ties.
 #[derive(Debug)]
 pub(crate) struct LiveRoute {
     pub route: Route,
     pub replicas: Vec<LiveReplica>,
+    pub traffic: Arc<Traffic>,
     cursor: AtomicUsize,
 }
 
@@ -41,12 +44,13 @@ pub(crate) struct Counters {
 
 impl Counters {
     /// Builds the live form of `table`, reusing the counters of runs already known and
-    /// forgetting idle runs that left the table.
-    pub fn live_table(&self, table: RouteTable) -> LiveTable {
+    /// forgetting idle runs that left the table. `traffic` holds each route's counters, in
+    /// the table's order.
+    pub fn live_table(&self, table: RouteTable, traffic: Vec<Arc<Traffic>>) -> LiveTable {
         let mut by_run = self.by_run.lock().unwrap_or_else(|p| p.into_inner());
         let mut wanted = std::collections::HashSet::new();
         let mut routes = Vec::with_capacity(table.routes.len());
-        for route in &table.routes {
+        for (route, traffic) in table.routes.iter().zip(traffic) {
             let replicas = route
                 .replicas
                 .iter()
@@ -63,6 +67,7 @@ impl Counters {
             routes.push(LiveRoute {
                 route: route.clone(),
                 replicas,
+                traffic,
                 cursor: AtomicUsize::new(0),
             });
         }
@@ -147,14 +152,19 @@ mod tests {
                     .collect(),
                 hold: Duration::from_secs(1),
                 max_body: 1 << 20,
+                api_keys: vec![],
             }],
         }
+    }
+
+    fn live_of(counters: &Counters, runs: &[&str]) -> LiveTable {
+        counters.live_table(table(runs), vec![Arc::default()])
     }
 
     #[test]
     fn least_outstanding_replica_is_chosen() {
         let counters = Counters::default();
-        let live = counters.live_table(table(&["a", "b", "c"]));
+        let live = live_of(&counters, &["a", "b", "c"]);
         let route = &live.routes[0];
         let (first, _g1) = pick(route, &[]).unwrap();
         let (second, _g2) = pick(route, &[]).unwrap();
@@ -169,7 +179,7 @@ mod tests {
     #[test]
     fn finished_requests_free_their_replica() {
         let counters = Counters::default();
-        let live = counters.live_table(table(&["a", "b"]));
+        let live = live_of(&counters, &["a", "b"]);
         let route = &live.routes[0];
         let (busy, _held) = pick(route, &[]).unwrap();
         let busy = busy.run.clone();
@@ -184,7 +194,7 @@ mod tests {
     #[test]
     fn idle_replicas_are_used_in_turn() {
         let counters = Counters::default();
-        let live = counters.live_table(table(&["a", "b"]));
+        let live = live_of(&counters, &["a", "b"]);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..4 {
             seen.insert(pick(&live.routes[0], &[]).unwrap().0.run.clone());
@@ -195,7 +205,7 @@ mod tests {
     #[test]
     fn tried_addresses_are_skipped() {
         let counters = Counters::default();
-        let live = counters.live_table(table(&["a", "b"]));
+        let live = live_of(&counters, &["a", "b"]);
         let route = &live.routes[0];
         let a = route.replicas[0].addr;
         for _ in 0..4 {
@@ -207,16 +217,16 @@ mod tests {
     #[test]
     fn counters_survive_updates_while_requests_drain() {
         let counters = Counters::default();
-        let live = counters.live_table(table(&["a"]));
+        let live = live_of(&counters, &["a"]);
         let (_, guard) = pick(&live.routes[0], &[]).unwrap();
-        let _next = counters.live_table(table(&["b"]));
+        let _next = live_of(&counters, &["b"]);
         assert_eq!(
             counters.snapshot().get("a"),
             Some(&1),
             "draining run stays visible"
         );
         drop(guard);
-        let _after = counters.live_table(table(&["b"]));
+        let _after = live_of(&counters, &["b"]);
         assert_eq!(
             counters.snapshot().get("a"),
             None,

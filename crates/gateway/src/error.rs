@@ -26,8 +26,8 @@ pub enum Error {
     NoRoute { host: String, path: String },
     #[error("request headers are {size} bytes, over the gateway's limit of {limit} bytes")]
     HeadersTooLarge { size: usize, limit: usize },
-    #[error("the gateway does not pass through protocol upgrades (Upgrade: {protocol})")]
-    UpgradeUnsupported { protocol: String },
+    #[error("{}", unauthorized_message(service, *missing))]
+    Unauthorized { service: String, missing: bool },
     #[error("the request body is {size} bytes, over service {service}'s limit of {limit} bytes")]
     BodyTooLarge {
         service: String,
@@ -56,7 +56,7 @@ impl Error {
             Error::NoRoute { .. } => "no_route",
             Error::HeadersTooLarge { .. } => "headers_too_large",
             Error::BodyTooLarge { .. } => "body_too_large",
-            Error::UpgradeUnsupported { .. } => "upgrade_unsupported",
+            Error::Unauthorized { .. } => "unauthorized",
             Error::NoReadyReplica { .. } => "no_ready_replica",
             Error::HoldQueueFull { .. } => "hold_queue_full",
             Error::UpstreamUnreachable { .. } => "upstream_unreachable",
@@ -69,7 +69,7 @@ impl Error {
             Error::NoRoute { .. } => StatusCode::NOT_FOUND,
             Error::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::UpgradeUnsupported { .. } => StatusCode::NOT_IMPLEMENTED,
+            Error::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Error::NoReadyReplica { .. } | Error::HoldQueueFull { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -84,7 +84,7 @@ impl Error {
             Error::NoRoute { .. }
             | Error::HeadersTooLarge { .. }
             | Error::BodyTooLarge { .. }
-            | Error::UpgradeUnsupported { .. } => Side::Client,
+            | Error::Unauthorized { .. } => Side::Client,
             Error::NoReadyReplica { .. } | Error::HoldQueueFull { .. } => Side::Flowers,
             Error::UpstreamUnreachable { .. } | Error::UpstreamFailed { .. } => Side::Upstream,
         }
@@ -100,7 +100,8 @@ impl Error {
         )
     }
 
-    /// The JSON answer `{code, message}`; 503s carry `Retry-After` so clients back off.
+    /// The JSON answer `{code, message}`; 503s carry `Retry-After` so clients back off, 401s
+    /// `WWW-Authenticate` to say which credentials would do.
     pub(crate) fn into_response(self) -> Response<Body> {
         let body = serde_json::json!({ "code": self.code(), "message": self.to_string() });
         let mut builder = Response::builder()
@@ -109,12 +110,23 @@ impl Error {
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             builder = builder.header(hyper::header::RETRY_AFTER, "1");
         }
+        if self.status() == StatusCode::UNAUTHORIZED {
+            builder = builder.header(hyper::header::WWW_AUTHENTICATE, "Bearer");
+        }
         let body = http_body_util::Full::new(Bytes::from(body.to_string()))
             .map_err(|never| match never {})
             .boxed_unsync();
         builder
             .body(body)
             .expect("a response from valid parts builds")
+    }
+}
+
+fn unauthorized_message(service: &str, missing: bool) -> String {
+    if missing {
+        format!("service {service} needs an API key: send `Authorization: Bearer KEY`")
+    } else {
+        format!("the API key is not one of service {service}'s keys")
     }
 }
 
@@ -135,8 +147,9 @@ mod tests {
                 size: 2,
                 limit: 1,
             },
-            Error::UpgradeUnsupported {
-                protocol: "websocket".into(),
+            Error::Unauthorized {
+                service: "s".into(),
+                missing: true,
             },
             Error::NoReadyReplica {
                 service: "s".into(),
@@ -159,7 +172,7 @@ mod tests {
         for error in errors {
             let status = error.status().as_u16();
             match error.side() {
-                Side::Client => assert!((400..500).contains(&status) || status == 501, "{error}"),
+                Side::Client => assert!((400..500).contains(&status), "{error}"),
                 Side::Upstream => assert!(status == 502 || status == 504, "{error}"),
                 Side::Flowers => assert_eq!(status, 503, "{error}"),
             }

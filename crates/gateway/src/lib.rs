@@ -1,9 +1,12 @@
 //! The gateway: the box's LAN-facing reverse proxy (`0.0.0.0:8080` by default). It owns the
 //! listener, the route table (host + longest path prefix → a service's ready replicas), load
 //! balancing by least outstanding requests, holding requests while no replica is ready,
-//! retrying requests that never reached a replica, and the JSON error answers. It never knows
-//! about jobs, processes, the store or the orchestrator: the binary hands it route-table
-//! snapshots through [`Gateway::update`].
+//! retrying requests that never reached a replica, API keys on routes, protocol upgrades
+//! (WebSocket) as tunnels, per-route counters and latency histograms ([`Gateway::report`]),
+//! access log records, and the JSON error answers. It never knows about jobs, processes, the
+//! store or the orchestrator: the binary hands it route-table snapshots through
+//! [`Gateway::update`]. It never writes files either: access log records leave through a
+//! bounded channel ([`AccessLog`]) whose other end the binary writes to disk.
 //!
 //! The server side is hyper's `http1` connection per accepted socket, which gives the header
 //! read timeout and the header buffer bound directly. The client side is hand-rolled
@@ -13,18 +16,24 @@
 //! sent again), and a pooled client hides exactly that. Replicas are on loopback or the LAN,
 //! so a fresh connection costs little next to a model's answer.
 //!
-//! Not done yet: WebSocket and other upgrades (answered 501 `upgrade_unsupported`), HTTP/2,
-//! upstream response timeouts (model answers may stream for minutes), and connection pooling.
+//! Not done yet: HTTP/2, upstream response timeouts (model answers may stream for minutes),
+//! and connection pooling.
 
+mod access;
+mod auth;
 mod balance;
 mod error;
+mod exchange;
 mod hold;
 mod proxy;
 mod route;
+mod stats;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,8 +43,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+pub use access::{AccessLog, AccessLogReader, AccessRecord};
+pub use auth::key_digest;
 pub use error::{Error, Side};
 pub use route::{normalize_host, prefix_matches};
+pub use stats::{GatewayReport, LatencyReport, RouteReport, TrafficReport, LATENCY_BOUNDS_MICROS};
 
 /// One ready replica of a service.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +72,10 @@ pub struct Route {
     pub hold: Duration,
     /// The largest request body accepted, in bytes (413 beyond).
     pub max_body: u64,
+    /// SHA-256 digests of the keys accepted as `Authorization: Bearer KEY` (see
+    /// [`key_digest`]); empty: no key needed. A consumed Authorization header is not
+    /// forwarded.
+    pub api_keys: Vec<[u8; 32]>,
 }
 
 /// A complete snapshot of the routes; each [`Gateway::update`] replaces the previous one.
@@ -79,6 +95,8 @@ pub struct Settings {
     pub max_connections: usize,
     /// Requests waiting for a ready replica, across all routes; beyond this, 503 at once.
     pub max_held_requests: usize,
+    /// Where each finished request's record goes; `None`: no access log.
+    pub access_log: Option<AccessLog>,
 }
 
 impl Default for Settings {
@@ -88,6 +106,7 @@ impl Default for Settings {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 4096,
             max_held_requests: 1024,
+            access_log: None,
         }
     }
 }
@@ -99,6 +118,8 @@ pub struct Gateway {
     table: ArcSwap<balance::LiveTable>,
     counters: balance::Counters,
     holds: hold::Holds,
+    stats: stats::Registry,
+    open_connections: Arc<AtomicUsize>,
 }
 
 impl Gateway {
@@ -109,13 +130,16 @@ impl Gateway {
             table: ArcSwap::from_pointee(balance::LiveTable::default()),
             counters: balance::Counters::default(),
             holds,
+            stats: stats::Registry::default(),
+            open_connections: Arc::default(),
         })
     }
 
     /// Swaps the route table atomically (readers never lock) and wakes requests held for a
     /// replica.
     pub fn update(&self, table: RouteTable) {
-        let live = self.counters.live_table(table);
+        let traffic = self.stats.for_table(&table.routes);
+        let live = self.counters.live_table(table, traffic);
         self.table.store(Arc::new(live));
         self.holds.wake_all();
     }
@@ -129,6 +153,22 @@ impl Gateway {
     /// table stays listed while it still has requests.
     pub fn in_flight(&self) -> HashMap<String, usize> {
         self.counters.snapshot()
+    }
+
+    /// Every route's traffic since start (routes that left the table included), the requests
+    /// no route took, and the state of the listener and the access log.
+    pub fn report(&self) -> GatewayReport {
+        GatewayReport {
+            routes: self.stats.report(),
+            unrouted: self.stats.unrouted.report(),
+            held_requests: self.held(),
+            open_connections: self.open_connections.load(Ordering::Relaxed),
+            access_log_dropped: self
+                .settings
+                .access_log
+                .as_ref()
+                .map_or(0, AccessLog::dropped),
+        }
     }
 
     /// Serves until `shutdown` resolves; open connections are then asked to finish their
@@ -167,15 +207,21 @@ impl Gateway {
             let gateway = self.clone();
             let settings = self.settings.clone();
             let mut stopped = connections_stopped.clone();
+            let slot: ConnectionSlot = Arc::new(std::sync::Mutex::new(Some(ConnectionHold {
+                _permit: permit,
+                _open: OpenConnection::new(&self.open_connections),
+            })));
             tokio::spawn(async move {
-                let _permit = permit;
-                let service =
-                    service_fn(move |request| proxy::handle(gateway.clone(), client, request));
+                let connection_slot = slot.clone();
+                let service = service_fn(move |request| {
+                    proxy::handle(gateway.clone(), client, request, connection_slot.clone())
+                });
                 let connection = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(settings.header_read_timeout)
                     .max_buf_size(proxy::header_buffer_bytes(settings.max_header_bytes))
-                    .serve_connection(TokioIo::new(stream), service);
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
                 tokio::pin!(connection);
                 let result = tokio::select! {
                     result = connection.as_mut() => result,
@@ -191,5 +237,32 @@ impl Gateway {
             });
         }
         let _ = stop_connections.send(true);
+    }
+}
+
+/// What an accepted connection holds while it is open: its place under `max_connections` and
+/// in the open count. When the connection is upgraded, hyper hands its socket over and the
+/// tunnel takes this over, so that a WebSocket counts as long as it lasts.
+pub(crate) struct ConnectionHold {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _open: OpenConnection,
+}
+
+/// Shared by a connection's task and its requests; emptied by a tunnel that takes it over.
+pub(crate) type ConnectionSlot = Arc<std::sync::Mutex<Option<ConnectionHold>>>;
+
+/// Counts one open client connection until dropped.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(count: &Arc<AtomicUsize>) -> OpenConnection {
+        count.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(count.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -1,5 +1,6 @@
-//! Forwarding one request: limits, route lookup, holding, replica choice with retries, and
-//! header rewriting in both directions. Bodies stream through untouched.
+//! Forwarding one request: limits, route lookup, API keys, holding, replica choice with
+//! retries, and header rewriting in both directions. Bodies stream through untouched; an
+//! upgrade the replica accepts becomes a tunnel (see `upgrade`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,15 +10,18 @@ use std::time::Duration;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body as _, Bytes, Incoming};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, Uri, Version};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, UPGRADE};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::auth::{self, Refusal};
 use crate::balance::{self, InFlight, LiveRoute, LiveTable};
+use crate::exchange::{self, Exchange, Tracked};
 use crate::hold::HeldSlot;
 use crate::route;
-use crate::{Error, Gateway};
+use crate::upgrade::{self, Tunnel};
+use crate::{ConnectionSlot, Error, Gateway};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body the gateway sends: a replica's streamed body or one of its own JSON answers.
@@ -33,25 +37,49 @@ pub(crate) fn header_buffer_bytes(max_header_bytes: usize) -> usize {
     max_header_bytes.saturating_mul(2).max(8192)
 }
 
+/// What forwarding gave: a response to stream back, or a replica's 101 and the tunnel to
+/// run once the client has it too.
+pub(crate) enum Forwarded {
+    Response(Response<Body>),
+    Upgraded {
+        response: Response<Body>,
+        tunnel: Tunnel,
+    },
+}
+
 pub(crate) async fn handle(
     gateway: Arc<Gateway>,
     client: SocketAddr,
     request: Request<Incoming>,
+    connection: ConnectionSlot,
 ) -> Result<Response<Body>, Infallible> {
     let method = request.method().clone();
     let uri = request.uri().clone();
-    match forward(&gateway, client, request).await {
-        Ok(response) => Ok(response),
+    let mut exchange = Exchange::new(&gateway, client, &request);
+    match forward(&gateway, client, request, &mut exchange).await {
+        Ok(Forwarded::Response(response)) => {
+            exchange.status = response.status().as_u16();
+            Ok(response.map(|body| Tracked::new(body, exchange).boxed_unsync()))
+        }
+        Ok(Forwarded::Upgraded { response, tunnel }) => {
+            exchange.status = response.status().as_u16();
+            let hold = connection.lock().unwrap_or_else(|p| p.into_inner()).take();
+            tokio::spawn(tunnel.run(exchange, hold));
+            Ok(response)
+        }
         Err(error) => {
             tracing::info!(%client, %method, %uri, code = error.code(), side = ?error.side(),
                 %error, "gateway answered with an error");
-            Ok(error.into_response())
+            exchange.status = error.status().as_u16();
+            exchange.error = Some(error.code());
+            let response = error.into_response();
+            Ok(response.map(|body| Tracked::new(body, exchange).boxed_unsync()))
         }
     }
 }
 
 /// The host a request names: the Host header, else the authority of an absolute URI.
-fn request_host(request: &Request<Incoming>) -> String {
+pub(crate) fn request_host(request: &Request<Incoming>) -> String {
     request
         .headers()
         .get(hyper::header::HOST)
@@ -72,11 +100,29 @@ fn header_bytes(request: &Request<Incoming>) -> usize {
     line + fields
 }
 
+/// The protocol a request asks to switch to, when it asks properly (`Connection: upgrade` and
+/// `Upgrade: …`). An h2c upgrade is only an offer a proxy may ignore: dropped as hop-by-hop
+/// headers, the request goes on as HTTP/1.1.
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let protocol = headers.get(UPGRADE)?;
+    let h2c = protocol
+        .to_str()
+        .is_ok_and(|p| p.trim().eq_ignore_ascii_case("h2c"));
+    (asks && !h2c).then(|| protocol.clone())
+}
+
 async fn forward(
     gateway: &Gateway,
     client: SocketAddr,
-    request: Request<Incoming>,
-) -> Result<Response<Body>, Error> {
+    mut request: Request<Incoming>,
+    exchange: &mut Exchange,
+) -> Result<Forwarded, Error> {
     let size = header_bytes(&request);
     if size > gateway.settings.max_header_bytes {
         return Err(Error::HeadersTooLarge {
@@ -84,23 +130,29 @@ async fn forward(
             limit: gateway.settings.max_header_bytes,
         });
     }
-    if let Some(protocol) = request.headers().get(hyper::header::UPGRADE) {
-        let protocol = String::from_utf8_lossy(protocol.as_bytes()).into_owned();
-        // An h2c upgrade is only an offer: dropped as a hop-by-hop header, the request goes
-        // on as HTTP/1.1. Anything else (WebSocket) needs the tunnel we do not have.
-        if !protocol.trim().eq_ignore_ascii_case("h2c") {
-            return Err(Error::UpgradeUnsupported { protocol });
-        }
-    }
+    let upgrade = upgrade_protocol(request.headers());
+    let mut client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
     let raw_host = request_host(&request);
     let host = route::normalize_host(&raw_host);
     let path = request.uri().path().to_string();
-    // A declared length over the route's limit is refused before anything waits or connects.
-    if let Some(size) = content_length(&request) {
+    // Keys and a declared length over the limit are checked before anything waits or connects.
+    let mut consumed_authorization = false;
+    {
         let table = gateway.table.load();
         if let Some(index) = route::find(&table.plain, &host, &path) {
-            let route = &table.plain[index];
-            if size > route.max_body {
+            let live = &table.routes[index];
+            let route = &live.route;
+            exchange.route(&route.service, &live.traffic);
+            if !route.api_keys.is_empty() {
+                auth::check(request.headers(), &route.api_keys).map_err(|refusal| {
+                    Error::Unauthorized {
+                        service: route.service.clone(),
+                        missing: refusal == Refusal::Missing,
+                    }
+                })?;
+                consumed_authorization = true;
+            }
+            if let Some(size) = content_length(&request).filter(|size| *size > route.max_body) {
                 return Err(Error::BodyTooLarge {
                     service: route.service.clone(),
                     size,
@@ -113,7 +165,19 @@ async fn forward(
     let (mut table, mut index) = wait_for_replica(gateway, &host, &path, &[], &mut hold).await?;
 
     let (parts, body) = request.into_parts();
-    let headers = upstream_headers(&parts.headers, client, &raw_host);
+    let body = exchange::count_into(
+        body.map_err(BoxError::from).boxed_unsync(),
+        exchange.bytes_in.clone(),
+    );
+    let mut headers = upstream_headers(&parts.headers, client, &raw_host);
+    if consumed_authorization {
+        // The key was for the gateway; the replica has no use for it and should not see it.
+        headers.remove(AUTHORIZATION);
+    }
+    if let Some(protocol) = &upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, protocol.clone());
+    }
     let target: Uri = parts
         .uri
         .path_and_query()
@@ -182,7 +246,24 @@ async fn forward(
             }
         };
         match sender.send_request(build(upstream_body)).await {
-            Ok(response) => return Ok(downstream_response(response, in_flight)),
+            Ok(response) => {
+                exchange.run = Some(replica.run.clone());
+                if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    return Ok(Forwarded::Response(downstream_response(
+                        response, in_flight,
+                    )));
+                }
+                let Some(client_side) = client_upgrade.take() else {
+                    return Err(Error::UpstreamFailed {
+                        service: route.route.service.clone(),
+                        run: replica.run.clone(),
+                        detail: "answered 101 Switching Protocols to a request that asked for \
+                                 no upgrade"
+                            .to_string(),
+                    });
+                };
+                return Ok(upgrade::switch(response, client_side, in_flight));
+            }
             Err(error) => {
                 let failure = Error::UpstreamFailed {
                     service: route.route.service.clone(),
@@ -288,7 +369,7 @@ async fn connect(
         .await
         .map_err(|error| error.to_string())?;
     tokio::spawn(async move {
-        if let Err(error) = connection.await {
+        if let Err(error) = connection.with_upgrades().await {
             tracing::debug!(%addr, %error, "upstream connection ended with an error");
         }
     });

@@ -71,6 +71,7 @@ mod tests {
             replicas: Vec::new(),
             hold: Duration::from_secs(1),
             max_body: 1 << 20,
+            api_keys: vec![],
         }
     }
 

@@ -215,6 +215,8 @@ fn spec_hash<T: serde::Serialize>(spec: &T) -> String {
     if let Some(object) = value.as_object_mut() {
         object.remove("replicas");
         object.remove("autostart");
+        // Keys are the gateway's business: rotating one must not restart a model.
+        object.remove("api_keys");
     }
     let bytes = serde_json::to_vec(&value).unwrap_or_default();
     // FNV-1a: stable across Rust releases, unlike the standard library's hasher.
@@ -1914,10 +1916,13 @@ mod tests {
             routes: vec![],
             hold: Duration::from_secs(30),
             max_body: ByteSize::mib(100),
+            api_keys: vec![],
             model: None,
         };
         let first = spec_hash(&spec);
         spec.replicas = 3;
+        assert_eq!(spec_hash(&spec), first);
+        spec.api_keys = vec![domain::ApiKeyDigest([7; 32])];
         assert_eq!(spec_hash(&spec), first);
         spec.command = vec!["b".into()];
         assert_ne!(spec_hash(&spec), first);

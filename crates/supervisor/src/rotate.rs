@@ -1,14 +1,17 @@
-//! The size-rotated `output.log` a monitor writes: `output.log` is current, `output.log.1` the
-//! newest rotated file, `output.log.KEEP` the oldest kept one.
+//! Size-rotated log files, such as the `output.log` a monitor writes: `output.log` is current,
+//! `output.log.1` the newest rotated file, `output.log.KEEP` the oldest kept one. The binary
+//! writes the gateway's access log with it too.
 
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::logs::{current_log, rotated_log};
+use crate::logs::current_log;
 
-pub(crate) struct RotatingLog {
-    run_dir: PathBuf,
+/// A log file that is rotated by size, keeping whole lines together.
+pub struct RotatingLog {
+    path: PathBuf,
     file: File,
     size: u64,
     /// 0 means never rotate.
@@ -18,11 +21,17 @@ pub(crate) struct RotatingLog {
 
 impl RotatingLog {
     /// Opens (appending to) `RUN_DIR/output.log`.
-    pub fn open(run_dir: &Path, max_bytes: u64, keep: u32) -> io::Result<Self> {
-        let file = open_append(&current_log(run_dir))?;
+    pub(crate) fn open(run_dir: &Path, max_bytes: u64, keep: u32) -> io::Result<Self> {
+        Self::open_file(&current_log(run_dir), max_bytes, keep)
+    }
+
+    /// Opens (appending to) `path`; rotated files are `path.1` (newest) to `path.KEEP`.
+    /// `max_bytes` 0 never rotates; `keep` 0 starts the file over at the limit.
+    pub fn open_file(path: &Path, max_bytes: u64, keep: u32) -> io::Result<Self> {
+        let file = open_append(path)?;
         let size = file.metadata()?.len();
         Ok(RotatingLog {
-            run_dir: run_dir.to_path_buf(),
+            path: path.to_path_buf(),
             file,
             size,
             max_bytes,
@@ -66,27 +75,34 @@ impl RotatingLog {
     }
 
     fn rotate(&mut self) -> io::Result<()> {
-        let current = current_log(&self.run_dir);
+        let current = &self.path;
         if self.keep == 0 {
-            fs::remove_file(&current)?;
+            fs::remove_file(current)?;
         } else {
-            let oldest = rotated_log(&self.run_dir, self.keep);
+            let oldest = rotated(current, self.keep);
             match fs::remove_file(&oldest) {
                 Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
                 _ => {}
             }
             for index in (1..self.keep).rev() {
-                let from = rotated_log(&self.run_dir, index);
+                let from = rotated(current, index);
                 if from.exists() {
-                    fs::rename(&from, rotated_log(&self.run_dir, index + 1))?;
+                    fs::rename(&from, rotated(current, index + 1))?;
                 }
             }
-            fs::rename(&current, rotated_log(&self.run_dir, 1))?;
+            fs::rename(current, rotated(current, 1))?;
         }
-        self.file = open_append(&current)?;
+        self.file = open_append(current)?;
         self.size = 0;
         Ok(())
     }
+}
+
+/// `path.INDEX`.
+fn rotated(path: &Path, index: u32) -> PathBuf {
+    let mut name = OsString::from(path.as_os_str());
+    name.push(format!(".{index}"));
+    PathBuf::from(name)
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
@@ -96,7 +112,7 @@ fn open_append(path: &Path) -> io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logs::log_files;
+    use crate::logs::{log_files, rotated_log};
 
     fn contents(dir: &Path) -> Vec<Vec<u8>> {
         log_files(dir)
@@ -155,5 +171,18 @@ mod tests {
         let mut log = RotatingLog::open(dir.path(), 0, 3).unwrap();
         log.write(&[b'x'; 10_000]).unwrap();
         assert_eq!(contents(dir.path()), vec![vec![b'x'; 10_000]]);
+    }
+
+    #[test]
+    fn any_file_rotates_beside_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let mut log = RotatingLog::open_file(&path, 4, 2).unwrap();
+        log.write(b"1\n2\n3\n").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"3\n");
+        assert_eq!(
+            fs::read(dir.path().join("access.log.1")).unwrap(),
+            b"1\n2\n"
+        );
     }
 }

@@ -210,3 +210,158 @@ async fn a_body_over_the_services_limit_is_refused_with_413() {
         "the request body is 1025 bytes, over service web's limit of 1024 bytes"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_with_an_api_key_needs_it_and_the_replica_never_sees_it() {
+    // The key and its config line come from the CLI, as a user would get them.
+    let (code, out, err) = cli_in(
+        std::path::Path::new("."),
+        "http://127.0.0.1:1",
+        &["gateway", "new-key", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let made: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let key = made["key"].as_str().unwrap().to_string();
+    let digest = made["digest"].as_str().unwrap().to_string();
+    assert_eq!(key.len(), 64, "32 random bytes as hex");
+    assert!(digest.starts_with("sha256:") && digest.len() == 7 + 64);
+    assert!(!digest.contains(&key));
+
+    let server = TestServer::start(&service(
+        "web",
+        &format!("routes = [{{ path = \"/\" }}]\napi_keys = [\"{digest}\"]"),
+    ))
+    .await;
+    server.ready_runs("web", 1).await;
+    let http = reqwest::Client::new();
+    let with_key = server
+        .eventually("the gateway to route to the replica", || async {
+            let response = http
+                .get(gateway_url(&server, "/headers"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .ok()?;
+            response.status().is_success().then_some(response)
+        })
+        .await;
+    let headers: serde_json::Value = with_key.json().await.unwrap();
+    assert!(headers.get("authorization").is_none(), "{headers}");
+
+    for authorization in [None, Some("Bearer not-the-key".to_string())] {
+        let mut request = http.get(gateway_url(&server, "/headers"));
+        if let Some(value) = &authorization {
+            request = request.header("authorization", value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{authorization:?}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(error["code"], "unauthorized");
+        assert!(
+            !error.to_string().contains(&key),
+            "an error must not echo a key"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_in_the_access_log_the_gateway_report_and_the_metrics() {
+    let server = TestServer::start(&service("web", "routes = [{ path = \"/web\" }]")).await;
+    let run = server.ready_runs("web", 1).await.remove(0);
+    let http = reqwest::Client::new();
+    server
+        .eventually("the gateway to route to the replica", || async {
+            let response = http.get(gateway_url(&server, "/web/x")).send().await.ok()?;
+            (response.status() == 404).then_some(())
+        })
+        .await;
+    let response = http
+        .get(gateway_url(&server, "/elsewhere?token=secret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+
+    // One JSON line per request, written in the background.
+    let log = server.data_dir().join("logs").join("access.log");
+    let lines: Vec<serde_json::Value> = server
+        .eventually("the access log to have the no_route line", || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .map(|line| serde_json::from_str(line).expect("every line is JSON"))
+                .collect();
+            lines
+                .iter()
+                .any(|line| line["error"] == "no_route")
+                .then_some(lines)
+        })
+        .await;
+    let routed = lines
+        .iter()
+        .find(|line| line["path"] == "/web/x")
+        .expect("the routed request's line");
+    assert_eq!(routed["status"], 404, "the workload's own 404");
+    assert_eq!(routed["method"], "GET");
+    assert_eq!(routed["service"], "web");
+    assert_eq!(routed["run"], run.id.as_str());
+    assert_eq!(routed["error"], serde_json::Value::Null);
+    assert!(routed["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(routed["bytes_out"].as_u64().is_some() && routed["duration_ms"].is_number());
+    assert!(routed["time"].as_str().unwrap().ends_with('Z'));
+    let unrouted = lines
+        .iter()
+        .find(|line| line["error"] == "no_route")
+        .unwrap();
+    assert_eq!(unrouted["path"], "/elsewhere", "no query string in the log");
+    assert_eq!(unrouted["service"], serde_json::Value::Null);
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("secret"));
+
+    let (code, out, err) = server.cli(&["gateway", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let web = &report["routes"][0];
+    assert_eq!(web["service"], "web");
+    assert_eq!(web["path_prefix"], "/web");
+    assert_eq!(web["active"], true);
+    let requests = web["traffic"]["requests"].as_u64().unwrap();
+    assert!(requests >= 1);
+    assert_eq!(
+        web["traffic"]["responses"]["4xx"].as_u64().unwrap(),
+        requests
+    );
+    assert_eq!(
+        web["traffic"]["latency"]["count"].as_u64().unwrap(),
+        requests
+    );
+    assert!(web["traffic"]["latency"]["p50_seconds"].is_number());
+    assert_eq!(report["unrouted"]["errors"]["no_route"], 1);
+    assert_eq!(report["access_log_dropped"], 0);
+
+    let (code, out, err) = server.cli(&["gateway"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("SERVICE"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("web ") && l.contains("/web")),
+        "{out}"
+    );
+    assert!(
+        out.contains("(no route)") && out.contains("no_route=1"),
+        "{out}"
+    );
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", server.api_port))
+        .await
+        .unwrap();
+    assert!(metrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let metrics = metrics.text().await.unwrap();
+    let expected = format!(
+        "flowers_gateway_requests_total{{service=\"web\",host=\"\",prefix=\"/web\",class=\"4xx\"}} {requests}"
+    );
+    assert!(metrics.lines().any(|l| l == expected), "{metrics}");
+}

@@ -291,13 +291,13 @@ async fn a_replica_whose_gpu_is_lost_takes_the_room_of_a_preemptible_job() {
     let (two, one) = (fakes.path().join("two.json"), fakes.path().join("one.json"));
     std::fs::write(&two, two_gpus).unwrap();
     std::fs::write(&one, one_gpu).unwrap();
+    let job = format!(
+        "[jobs.train]\ncommand = [\"python3\", \"-u\", \"{WORKLOAD}\"]\ndevices = 1\nvram = \"6GiB\"\n\
+         preemptible = true\nautostart = true\nenv = {{ WORKLOAD_NO_SERVER = \"1\" }}\n"
+    );
     let body = format!(
-        "[devices]\ncpu_slots = 0\n{}\n{}",
-        service("web", "devices = 1\nvram = \"6GiB\""),
-        format!(
-            "[jobs.train]\ncommand = [\"python3\", \"-u\", \"{WORKLOAD}\"]\ndevices = 1\nvram = \"6GiB\"\n\
-             preemptible = true\nautostart = true\nenv = {{ WORKLOAD_NO_SERVER = \"1\" }}\n"
-        )
+        "[devices]\ncpu_slots = 0\n{}\n{job}",
+        service("web", "devices = 1\nvram = \"6GiB\"")
     );
     let mut server =
         TestServer::start_with_env(&body, &[("FLOWERS_FAKE_NVML", two.to_str().unwrap())]).await;

@@ -1,12 +1,14 @@
 //! The gateway against real hyper upstreams on loopback, with reqwest and raw sockets as
 //! clients. Waits poll a condition with a deadline; nothing asserts speed.
 
+mod websocket;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway::{Gateway, Replica, Route, RouteTable, Settings};
+use gateway::{AccessLog, Gateway, Replica, Route, RouteTable, Settings};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Request, Response};
@@ -16,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
-async fn start_gateway(settings: Settings) -> (Arc<Gateway>, String) {
+pub(crate) async fn start_gateway(settings: Settings) -> (Arc<Gateway>, String) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let gateway = Gateway::new(settings);
@@ -24,12 +26,12 @@ async fn start_gateway(settings: Settings) -> (Arc<Gateway>, String) {
     (gateway, format!("http://{addr}"))
 }
 
-fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
 /// An upstream that answers with JSON describing what it received.
-async fn echo(name: &'static str) -> SocketAddr {
+pub(crate) async fn echo(name: &'static str) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -52,6 +54,9 @@ async fn echo(name: &'static str) -> SocketAddr {
                             "x_forwarded_host": header("x-forwarded-host"),
                             "x_secret": header("x-secret"),
                             "host": header("host"),
+                            "authorization": header("authorization"),
+                            "upgrade": header("upgrade"),
+                            "connection": header("connection"),
                         });
                         let body = request.into_body().collect().await.unwrap().to_bytes();
                         let mut seen = seen;
@@ -127,7 +132,7 @@ async fn resetting() -> SocketAddr {
     addr
 }
 
-fn route(
+pub(crate) fn route(
     service: &str,
     host: Option<&str>,
     prefix: &str,
@@ -146,10 +151,11 @@ fn route(
             .collect(),
         hold: Duration::from_secs(5),
         max_body: 1 << 20,
+        api_keys: vec![],
     }
 }
 
-async fn json(response: reqwest::Response) -> (u16, serde_json::Value) {
+pub(crate) async fn json(response: reqwest::Response) -> (u16, serde_json::Value) {
     let status = response.status().as_u16();
     let content_type = response
         .headers()
@@ -162,7 +168,18 @@ async fn json(response: reqwest::Response) -> (u16, serde_json::Value) {
     (status, value)
 }
 
-async fn poll_until(mut condition: impl FnMut() -> bool) {
+/// Checks that `response` is the gateway's JSON error with `status` and `code`; its message.
+async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> String {
+    let (got, error) = json(response).await;
+    assert_eq!(
+        (got, error["code"].as_str()),
+        (status, Some(code)),
+        "{error}"
+    );
+    error["message"].as_str().unwrap_or_default().to_string()
+}
+
+pub(crate) async fn poll_until(mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;
     while !condition() {
         assert!(
@@ -170,7 +187,6 @@ async fn poll_until(mut condition: impl FnMut() -> bool) {
             "condition not met within {PATIENCE:?}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -458,35 +474,25 @@ async fn upstream_closing_mid_response_cuts_the_client() {
         }
     });
     let (gateway, url) = start_gateway(Settings::default()).await;
+    let fine = echo("fine").await;
     gateway.update(RouteTable {
-        routes: vec![route("cut", None, "/", &[("cut-1", addr)])],
+        routes: vec![
+            route("cut", None, "/", &[("cut-1", addr)]),
+            route("fine", None, "/fine", &[("fine-1", fine)]),
+        ],
     });
-    let response = http().get(format!("{url}/x")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert!(
-        response.bytes().await.is_err(),
-        "a cut response must not look complete"
-    );
-}
-
-#[tokio::test]
-async fn websocket_upgrade_is_answered_501() {
-    let (gateway, url) = start_gateway(Settings::default()).await;
-    gateway.update(RouteTable {
-        routes: vec![route("a", None, "/", &[("a-1", echo("a").await)])],
-    });
-    let response = http()
-        .get(format!("{url}/ws"))
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .send()
-        .await
-        .unwrap();
-    let (status, error) = json(response).await;
-    assert_eq!(
-        (status, error["code"].as_str()),
-        (501, Some("upgrade_unsupported"))
-    );
+    let client = http();
+    for _ in 0..3 {
+        let response = client.get(format!("{url}/x")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.bytes().await.is_err(),
+            "a cut response must not look complete"
+        );
+        let (status, seen) = json(client.get(format!("{url}/fine")).send().await.unwrap()).await;
+        assert_eq!((status, seen["name"].as_str()), (200, Some("fine")));
+    }
+    poll_until(|| gateway.in_flight().values().all(|count| *count == 0)).await;
 }
 
 #[tokio::test]
@@ -518,7 +524,7 @@ async fn oversized_headers_get_431() {
     assert_eq!(response.status(), 431);
 }
 
-async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+pub(crate) async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
     let mut all = Vec::new();
     let mut buffer = [0u8; 4096];
     loop {
@@ -531,21 +537,33 @@ async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn malformed_request_gets_400() {
-    let (_gateway, url) = start_gateway(Settings::default()).await;
-    let mut stream = TcpStream::connect(url.trim_start_matches("http://"))
-        .await
-        .unwrap();
-    stream
-        .write_all(b"NOT A REQUEST\x01\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = read_to_close(&mut stream).await;
-    assert!(
-        answer.starts_with(b"HTTP/1.1 400"),
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
+async fn malformed_requests_get_400_and_others_are_still_served() {
+    let (gateway, url) = start_gateway(Settings::default()).await;
+    gateway.update(RouteTable {
+        routes: vec![route("a", None, "/", &[("a-1", echo("a").await)])],
+    });
+    let malformed: [&[u8]; 5] = [
+        b"NOT A REQUEST\x01\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: h\r\nno colon here\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: h\r\nContent-Length: ten\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",
+    ];
+    for request in malformed {
+        let mut stream = TcpStream::connect(url.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        stream.write_all(request).await.unwrap();
+        let answer = read_to_close(&mut stream).await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 400"),
+            "{:?} got {}",
+            String::from_utf8_lossy(request),
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    let (status, _) = json(http().get(format!("{url}/ok")).send().await.unwrap()).await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test]
@@ -562,6 +580,34 @@ async fn slow_header_is_disconnected_while_others_are_served() {
     let (status, error) = json(http().get(format!("{url}/other")).send().await.unwrap()).await;
     assert_eq!((status, error["code"].as_str()), (404, Some("no_route")));
     read_to_close(&mut slow).await;
+
+    // A client that keeps sending a byte now and then never finishes its header either: the
+    // timeout is for the whole header, not for silence.
+    let trickle = TcpStream::connect(url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = trickle.into_split();
+    let trickling = tokio::spawn(async move {
+        writer.write_all(b"GET /slow HTTP/1.1\r\n").await.unwrap();
+        let mut sent = 0;
+        while writer.write_all(b"x").await.is_ok() {
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sent
+    });
+    let mut buffer = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(PATIENCE, reader.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("the trickling client was not disconnected"),
+        }
+    }
+    let (status, _) = json(http().get(format!("{url}/other")).send().await.unwrap()).await;
+    assert_eq!(status, 404, "others are still served");
+    let sent = trickling.await.unwrap();
+    assert!(sent > 0);
 }
 
 #[tokio::test]
@@ -638,4 +684,215 @@ async fn a_request_whose_replicas_all_refuse_waits_for_a_new_one() {
     });
     let (status, seen) = json(waiting.await.unwrap()).await;
     assert_eq!((status, seen["name"].as_str()), (200, Some("live")));
+}
+
+#[tokio::test]
+async fn a_declared_body_over_the_routes_limit_gets_413_before_any_replica_is_asked() {
+    let (gateway, url) = start_gateway(Settings::default()).await;
+    let mut limited = route("small", None, "/", &[("dead-1", dead().await)]);
+    limited.max_body = 16;
+    gateway.update(RouteTable {
+        routes: vec![limited],
+    });
+    let response = http()
+        .post(format!("{url}/up"))
+        .body("x".repeat(17))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        expect_error(response, 413, "body_too_large").await,
+        "the request body is 17 bytes, over service small's limit of 16 bytes"
+    );
+}
+
+fn keyed(mut route: Route, keys: &[&str]) -> Route {
+    route.api_keys = keys.iter().map(|key| gateway::key_digest(key)).collect();
+    route
+}
+
+#[tokio::test]
+async fn a_route_with_api_keys_needs_one_and_does_not_pass_it_on() {
+    let (gateway, url) = start_gateway(Settings::default()).await;
+    let secret = echo("secret").await;
+    let open = echo("open").await;
+    gateway.update(RouteTable {
+        routes: vec![
+            keyed(
+                route("secret", None, "/secret", &[("secret-1", secret)]),
+                &["key-one", "key-two"],
+            ),
+            route("open", None, "/", &[("open-1", open)]),
+        ],
+    });
+    let client = http();
+    let ask = |authorization: Option<&str>| {
+        let mut request = client.get(format!("{url}/secret/x"));
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        request.send()
+    };
+
+    let missing = ask(None).await.unwrap();
+    assert_eq!(missing.headers()["www-authenticate"], "Bearer");
+    assert_eq!(
+        expect_error(missing, 401, "unauthorized").await,
+        "service secret needs an API key: send `Authorization: Bearer KEY`"
+    );
+    for wrong in ["Bearer key-three", "Basic a2V5LW9uZQ==", "key-one"] {
+        let response = ask(Some(wrong)).await.unwrap();
+        assert_eq!(response.headers()["www-authenticate"], "Bearer", "{wrong}");
+        expect_error(response, 401, "unauthorized").await;
+    }
+
+    for right in ["Bearer key-one", "bearer key-two"] {
+        let (status, seen) = json(ask(Some(right)).await.unwrap()).await;
+        assert_eq!((status, seen["name"].as_str()), (200, Some("secret")));
+        assert_eq!(
+            seen["authorization"],
+            serde_json::Value::Null,
+            "key forwarded"
+        );
+    }
+    // A route without keys passes the header on: it is the replica's own business.
+    let (status, seen) = json(
+        client
+            .get(format!("{url}/other"))
+            .header("authorization", "Bearer theirs")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, seen["name"].as_str()), (200, Some("open")));
+    assert_eq!(seen["authorization"], "Bearer theirs");
+
+    let report = gateway.report();
+    let secret = report
+        .routes
+        .iter()
+        .find(|r| r.service == "secret")
+        .unwrap();
+    assert_eq!(secret.traffic.errors["unauthorized"], 4);
+    assert_eq!(secret.traffic.status_classes[1], 2);
+}
+
+#[tokio::test]
+async fn routes_count_answers_bytes_and_latency_across_table_swaps() {
+    let (gateway, url) = start_gateway(Settings::default()).await;
+    let a = echo("a").await;
+    let mut empty = route("b", None, "/b", &[]);
+    empty.hold = Duration::ZERO;
+    gateway.update(RouteTable {
+        routes: vec![route("a", None, "/a", &[("a-1", a)]), empty.clone()],
+    });
+    let client = http();
+    let mut body_bytes = 0;
+    for i in 0..5 {
+        let response = client
+            .post(format!("{url}/a/{i}"))
+            .body("12345")
+            .send()
+            .await
+            .unwrap();
+        body_bytes += response.bytes().await.unwrap().len() as u64;
+    }
+    let (status, _) = json(client.get(format!("{url}/b")).send().await.unwrap()).await;
+    assert_eq!(status, 503);
+    let (status, _) = json(client.get(format!("{url}/nowhere")).send().await.unwrap()).await;
+    assert_eq!(status, 404);
+
+    // The same routes in a new table (a replica more) keep their counters.
+    gateway.update(RouteTable {
+        routes: vec![route("a", None, "/a", &[("a-1", a), ("a-2", a)]), empty],
+    });
+    poll_until(|| {
+        let report = gateway.report();
+        report.routes.iter().all(|r| r.traffic.in_flight == 0)
+            && report
+                .routes
+                .iter()
+                .map(|r| r.traffic.requests)
+                .sum::<u64>()
+                == 6
+    })
+    .await;
+    let report = gateway.report();
+    assert_eq!(report.routes.len(), 2);
+    let a = &report.routes[0].traffic;
+    assert_eq!(report.routes[0].service, "a");
+    assert!(report.routes[0].active);
+    assert_eq!(a.requests, 5);
+    assert_eq!(a.status_classes, [0, 5, 0, 0, 0]);
+    assert!(a.errors.is_empty());
+    assert_eq!(a.bytes_in, 25);
+    assert_eq!(a.bytes_out, body_bytes);
+    assert_eq!(a.latency.count, 5);
+    assert_eq!(a.latency.buckets.last().unwrap().1, 5);
+    let (p50, p99) = (a.latency.p50.unwrap(), a.latency.p99.unwrap());
+    assert!(p50 <= p99);
+    let b = &report.routes[1].traffic;
+    assert_eq!(b.status_classes, [0, 0, 0, 0, 1]);
+    assert_eq!(b.errors["no_ready_replica"], 1);
+    assert_eq!(report.unrouted.errors["no_route"], 1);
+    assert_eq!(report.unrouted.status_classes[3], 1);
+}
+
+#[tokio::test]
+async fn every_request_leaves_an_access_log_record_and_a_full_log_drops_and_counts() {
+    let (access_log, mut records) = AccessLog::channel(64);
+    let settings = Settings {
+        access_log: Some(access_log),
+        ..Settings::default()
+    };
+    let (gateway, url) = start_gateway(settings).await;
+    gateway.update(RouteTable {
+        routes: vec![route("a", None, "/a", &[("a-1", echo("a").await)])],
+    });
+    let client = http();
+    let body = client
+        .get(format!("{url}/a/x?secret=1"))
+        .header("host", "Web.LAN")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let record = tokio::time::timeout(PATIENCE, records.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.method, "GET");
+    assert_eq!(record.host, "Web.LAN");
+    assert_eq!(record.path, "/a/x", "the query string stays out of the log");
+    assert_eq!(record.status, 200);
+    assert_eq!(record.bytes_out, body.len() as u64);
+    assert_eq!(record.service.as_deref(), Some("a"));
+    assert_eq!(record.run.as_deref(), Some("a-1"));
+    assert_eq!(record.error, None);
+    assert!(record.client.ip().is_loopback());
+
+    client.get(format!("{url}/none")).send().await.unwrap();
+    let record = tokio::time::timeout(PATIENCE, records.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((record.status, record.error), (404, Some("no_route")));
+    assert_eq!((record.service, record.run), (None, None));
+
+    // Nobody reads the channel any more: requests still get answers, records are counted.
+    let (small, _unread) = AccessLog::channel(1);
+    let settings = Settings {
+        access_log: Some(small),
+        ..Settings::default()
+    };
+    let (gateway, url) = start_gateway(settings).await;
+    for _ in 0..3 {
+        let response = client.get(format!("{url}/none")).send().await.unwrap();
+        assert_eq!(response.status(), 404);
+        response.bytes().await.unwrap();
+    }
+    poll_until(|| gateway.report().access_log_dropped == 2).await;
 }

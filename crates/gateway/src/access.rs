@@ -1,0 +1,191 @@
+//! The access log's records and the bounded channel they leave the request path through. The
+//! gateway never writes files: whoever holds the receiving end (the binary) does, so that a
+//! request never waits on a disk, and a record that finds the channel full is dropped and
+//! counted instead.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+
+/// One request as the access log tells it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccessRecord {
+    /// When the request arrived.
+    pub time: SystemTime,
+    pub client: SocketAddr,
+    pub method: String,
+    /// The Host header as sent (or the request URI's authority); empty when there was none.
+    pub host: String,
+    /// The path without the query string, which may carry secrets.
+    pub path: String,
+    /// What the client got: the replica's status, or the gateway's own.
+    pub status: u16,
+    /// Response body bytes sent to the client (for an upgraded connection, all bytes).
+    pub bytes_out: u64,
+    /// From arrival to the end of the response body (for an upgraded connection, its close).
+    pub duration: Duration,
+    /// The service whose route matched.
+    pub service: Option<String>,
+    /// The Run of the replica that answered.
+    pub run: Option<String>,
+    /// The gateway's error code when it answered itself (`no_ready_replica`, …).
+    pub error: Option<&'static str>,
+}
+
+impl AccessRecord {
+    /// The record as one JSON object, keys in the order above, and a newline.
+    pub fn to_json_line(&self) -> String {
+        let line = Line {
+            time: humantime::format_rfc3339_millis(self.time).to_string(),
+            client: self.client.to_string(),
+            method: &self.method,
+            host: &self.host,
+            path: &self.path,
+            status: self.status,
+            bytes_out: self.bytes_out,
+            duration_ms: (self.duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            service: self.service.as_deref(),
+            run: self.run.as_deref(),
+            error: self.error,
+        };
+        let mut text = serde_json::to_string(&line).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+}
+
+/// An access log line as written: a struct rather than a map so that the keys keep their
+/// order and `time` comes first, as people reading the file expect.
+#[derive(serde::Serialize)]
+struct Line<'r> {
+    time: String,
+    client: String,
+    method: &'r str,
+    host: &'r str,
+    path: &'r str,
+    status: u16,
+    bytes_out: u64,
+    duration_ms: f64,
+    service: Option<&'r str>,
+    run: Option<&'r str>,
+    error: Option<&'r str>,
+}
+
+/// The sending end of the access log, handed to the gateway in [`crate::Settings`].
+#[derive(Clone, Debug)]
+pub struct AccessLog {
+    sender: mpsc::Sender<AccessRecord>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// An access log that buffers up to `capacity` records for the writer.
+    pub fn channel(capacity: usize) -> (AccessLog, AccessLogReader) {
+        let (sender, records) = mpsc::channel(capacity.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let log = AccessLog {
+            sender,
+            dropped: dropped.clone(),
+        };
+        (log, AccessLogReader { records, dropped })
+    }
+
+    /// Hands `record` to the writer without waiting; when the writer is behind (or gone) the
+    /// record is dropped and counted.
+    pub fn record(&self, record: AccessRecord) {
+        if self.sender.try_send(record).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The writer's end of the access log.
+#[derive(Debug)]
+pub struct AccessLogReader {
+    records: mpsc::Receiver<AccessRecord>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLogReader {
+    /// The next record; `None` once every [`AccessLog`] is gone.
+    pub async fn recv(&mut self) -> Option<AccessRecord> {
+        self.records.recv().await
+    }
+
+    /// As [`AccessLogReader::recv`], for a writer on a thread of its own.
+    pub fn blocking_recv(&mut self) -> Option<AccessRecord> {
+        self.records.blocking_recv()
+    }
+
+    /// A record if one is waiting, without waiting.
+    pub fn try_recv(&mut self) -> Option<AccessRecord> {
+        self.records.try_recv().ok()
+    }
+
+    /// Records dropped so far, as [`AccessLog::dropped`].
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(path: &str) -> AccessRecord {
+        AccessRecord {
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            client: "10.0.0.7:5555".parse().unwrap(),
+            method: "GET".into(),
+            host: "chat.lan".into(),
+            path: path.into(),
+            status: 200,
+            bytes_out: 42,
+            duration: Duration::from_micros(1_234_567),
+            service: Some("chat".into()),
+            run: Some("chat-3".into()),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_record_is_one_json_line() {
+        let line = record("/v1/\"x\"\n").to_json_line();
+        assert_eq!(line.matches('\n').count(), 1);
+        assert!(line.ends_with('\n'));
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["time"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(value["client"], "10.0.0.7:5555");
+        assert_eq!(value["path"], "/v1/\"x\"\n");
+        assert_eq!(value["status"], 200);
+        assert_eq!(value["bytes_out"], 42);
+        assert_eq!(value["duration_ms"], 1234.567);
+        assert_eq!(value["service"], "chat");
+        assert_eq!(value["run"], "chat-3");
+        assert_eq!(value["error"], serde_json::Value::Null);
+        assert!(line.starts_with("{\"time\":"), "{line}");
+    }
+
+    #[test]
+    fn a_full_channel_drops_and_counts_instead_of_waiting() {
+        let (log, mut receiver) = AccessLog::channel(2);
+        for i in 0..5 {
+            log.record(record(&format!("/{i}")));
+        }
+        assert_eq!((log.dropped(), receiver.dropped()), (3, 3));
+        assert_eq!(receiver.try_recv().unwrap().path, "/0");
+        assert_eq!(receiver.try_recv().unwrap().path, "/1");
+        assert!(receiver.try_recv().is_none());
+        drop(receiver);
+        log.record(record("/gone"));
+        assert_eq!(log.dropped(), 4, "no writer: dropped too");
+    }
+}

@@ -1,0 +1,152 @@
+//! One request from arrival to the end of its answer: what the access log and the route's
+//! counters are told once the response body is done (or dropped: the client went away), or
+//! once an upgraded connection closes.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use hyper::body::{Bytes, Frame, Incoming, SizeHint};
+use hyper::Request;
+
+use crate::access::{AccessLog, AccessRecord};
+use crate::proxy::{request_host, Body, BoxError};
+use crate::stats::{Counted, Traffic};
+use crate::Gateway;
+
+/// Finishes on drop: records the request in its route's counters (or the unrouted ones) and
+/// hands its access log record to the writer.
+pub(crate) struct Exchange {
+    started: Instant,
+    arrived: SystemTime,
+    client: SocketAddr,
+    method: String,
+    host: String,
+    path: String,
+    unrouted: Arc<Traffic>,
+    access_log: Option<AccessLog>,
+    route: Option<(String, Counted)>,
+    pub run: Option<String>,
+    pub status: u16,
+    pub error: Option<&'static str>,
+    /// Shared with the request body on its way to the replica, which counts into it.
+    pub bytes_in: Arc<AtomicU64>,
+    pub bytes_out: u64,
+}
+
+impl Exchange {
+    /// Starts the clock on `request`, which arrived from `client`.
+    pub fn new(gateway: &Gateway, client: SocketAddr, request: &Request<Incoming>) -> Exchange {
+        Exchange {
+            started: Instant::now(),
+            arrived: SystemTime::now(),
+            client,
+            method: request.method().to_string(),
+            host: request_host(request),
+            path: request.uri().path().to_string(),
+            unrouted: gateway.stats.unrouted.clone(),
+            access_log: gateway.settings.access_log.clone(),
+            route: None,
+            run: None,
+            status: 0,
+            error: None,
+            bytes_in: Arc::default(),
+            bytes_out: 0,
+        }
+    }
+
+    /// The request matched `service`'s route: it counts there, in flight from now on.
+    pub fn route(&mut self, service: &str, traffic: &Arc<Traffic>) {
+        if self.route.is_none() {
+            self.route = Some((service.to_string(), traffic.begin()));
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let took = self.started.elapsed();
+        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        let traffic = match &self.route {
+            Some((_, counted)) => counted.traffic(),
+            None => &self.unrouted,
+        };
+        traffic.record(self.status, self.error, bytes_in, self.bytes_out, took);
+        if let Some(log) = &self.access_log {
+            log.record(AccessRecord {
+                time: self.arrived,
+                client: self.client,
+                method: std::mem::take(&mut self.method),
+                host: std::mem::take(&mut self.host),
+                path: std::mem::take(&mut self.path),
+                status: self.status,
+                bytes_out: self.bytes_out,
+                duration: took,
+                service: self.route.as_ref().map(|(service, _)| service.clone()),
+                run: self.run.take(),
+                error: self.error,
+            });
+        }
+    }
+}
+
+/// A response body that counts what it sends and finishes its exchange when done or dropped.
+pub(crate) struct Tracked {
+    inner: Body,
+    exchange: Option<Exchange>,
+}
+
+impl Tracked {
+    pub fn new(inner: Body, exchange: Exchange) -> Tracked {
+        Tracked {
+            inner,
+            exchange: Some(exchange),
+        }
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(exchange)) = (frame.data_ref(), self.exchange.as_mut()) {
+                    exchange.bytes_out += data.len() as u64;
+                }
+            }
+            // The end: finish now rather than whenever hyper drops the body.
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => drop(self.exchange.take()),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Counts request body bytes into `counter` as they pass.
+pub(crate) fn count_into(body: Body, counter: Arc<AtomicU64>) -> Body {
+    use http_body_util::BodyExt;
+    body.map_frame(move |frame| {
+        if let Some(data) = frame.data_ref() {
+            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        frame
+    })
+    .boxed_unsync()
+}
