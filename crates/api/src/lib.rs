@@ -9,6 +9,7 @@
 
 mod convert;
 mod error;
+mod models;
 mod routes;
 
 use std::future::Future;
