@@ -2,6 +2,7 @@
 //! gateway); every other command is a client of the control API.
 
 mod commands;
+mod models;
 mod routes;
 mod table;
 mod up;
@@ -89,6 +90,11 @@ enum Command {
         /// How many past events to show first.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+    },
+    /// List models; with a subcommand, show, import, promote or roll back their versions.
+    Models {
+        #[command(subcommand)]
+        action: Option<models::ModelsAction>,
     },
     /// Print the control API's OpenAPI document.
     Openapi,
