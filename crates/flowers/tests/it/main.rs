@@ -12,4 +12,5 @@ mod gateway;
 mod jobs;
 mod lifecycle;
 mod logs;
+mod models;
 mod tidy;
