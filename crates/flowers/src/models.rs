@@ -18,8 +18,10 @@ pub enum ModelsAction {
         /// The model.
         name: String,
     },
-    /// Copy a file or a directory into a new version of a model (created if new, with manual
-    /// promotion); the model's promotion policy and retention apply at once.
+    /// Copy a file or a directory into a new version of a model.
+    ///
+    /// A model not known yet is created, with manual promotion; the model's promotion policy
+    /// and retention apply at once.
     Import {
         /// The file or directory; a relative path is taken from the current directory. It must
         /// be on the machine Flowers runs on.
