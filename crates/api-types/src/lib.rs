@@ -5,12 +5,18 @@
 //! to clients and changes only deliberately, while domain types may be refactored freely. This
 //! crate holds data and schemas only; it does no I/O and knows nothing of how answers are made.
 
+mod models;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 mod gateway;
 pub use gateway::{
     GatewayReport, GatewayRouteInfo, LatencyBucket, LatencyInfo, StatusClasses, TrafficInfo,
+};
+pub use models::{
+    ModelDetail, ModelInfo, PromoteInfo, PromoteRequest, PromotionInfo, RegisterVersion,
+    RegisteredInfo, VersionInfo,
 };
 
 /// Every error answer of the control API. 4xx: the request was wrong; 5xx: Flowers failed.
@@ -148,6 +154,9 @@ pub struct RunInfo {
     pub pid: Option<u32>,
     /// The Run's command itself.
     pub child_pid: Option<u32>,
+    /// The version of its service's model this replica serves; absent for a job, or a service
+    /// that follows no model.
+    pub model_version: Option<u32>,
     pub attempt: u32,
     pub exit_code: Option<i32>,
     pub exit_signal: Option<i32>,

@@ -10,6 +10,7 @@
 
 mod convert;
 mod error;
+mod models;
 mod routes;
 mod traffic;
 

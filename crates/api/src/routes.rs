@@ -17,7 +17,9 @@ use utoipa::{IntoParams, OpenApi};
 
 use api_types::{
     ActionResponse, AllocationInfo, ApiError, DeviceInfo, DevicesResponse, EventInfo,
-    GpuProcessInfo, JobInfo, ResourcesInfo, RunInfo, ServerInfo, ServiceInfo, Telemetry,
+    GpuProcessInfo, JobInfo, ModelDetail, ModelInfo, PromoteInfo, PromoteRequest, PromotionInfo,
+    RegisterVersion, RegisteredInfo, ResourcesInfo, RunInfo, ServerInfo, ServiceInfo, Telemetry,
+    VersionInfo,
 };
 use api_types::{
     GatewayReport, GatewayRouteInfo, LatencyBucket, LatencyInfo, StatusClasses, TrafficInfo,
@@ -26,7 +28,7 @@ use domain::{DeviceKind, RunId};
 use store::{EventFilter, RunFilter, RunRecord, Store};
 
 use crate::error::ApiFailure;
-use crate::{convert, AppState};
+use crate::{convert, models, AppState};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -46,6 +48,11 @@ use crate::{convert, AppState};
         get_job,
         start_job,
         reset_job,
+        models::list_models,
+        models::get_model,
+        models::register_version,
+        models::promote,
+        models::rollback,
         list_runs,
         get_run,
         stop_run,
@@ -66,6 +73,14 @@ use crate::{convert, AppState};
         ResourcesInfo,
         ServiceInfo,
         JobInfo,
+        ModelInfo,
+        PromoteInfo,
+        ModelDetail,
+        VersionInfo,
+        PromotionInfo,
+        RegisterVersion,
+        RegisteredInfo,
+        PromoteRequest,
         RunInfo,
         EventInfo,
         ActionResponse,
@@ -97,6 +112,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{name}", get(get_job))
         .route("/v1/jobs/{name}/runs", post(start_job))
         .route("/v1/jobs/{name}/reset", post(reset_job))
+        .route("/v1/models", get(models::list_models))
+        .route("/v1/models/{name}", get(models::get_model))
+        .route("/v1/models/{name}/versions", post(models::register_version))
+        .route("/v1/models/{name}/promote", post(models::promote))
+        .route("/v1/models/{name}/rollback", post(models::rollback))
         .route("/v1/runs", get(list_runs))
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/runs/{id}/stop", post(stop_run))
@@ -136,7 +156,7 @@ fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiFailure> {
 }
 
 /// Runs a store query off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     store: &Store,
     work: impl FnOnce(&Store) -> Result<T, store::StoreError> + Send + 'static,
 ) -> Result<T, ApiFailure> {

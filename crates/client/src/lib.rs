@@ -7,6 +7,7 @@
 
 mod sse;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -99,6 +100,45 @@ impl Client {
     }
     pub async fn reset_job(&self, name: &str) -> Result<ActionResponse, ClientError> {
         self.post(&format!("/v1/jobs/{}/reset", encode(name))).await
+    }
+    pub async fn models(&self) -> Result<Vec<ModelInfo>, ClientError> {
+        self.get("/v1/models").await
+    }
+    pub async fn model(&self, name: &str) -> Result<ModelDetail, ClientError> {
+        self.get(&format!("/v1/models/{}", encode(name))).await
+    }
+    /// Registers a version of `model` from `path` (absolute, on the machine Flowers runs on);
+    /// `run` is the registering job's `FLOWERS_RUN_ID`, `None` for an import. No time limit:
+    /// Flowers copies the files before it answers, and a big model on a slow disk takes time.
+    pub async fn register_version(
+        &self,
+        model: &str,
+        path: &str,
+        metrics: &BTreeMap<String, f64>,
+        run: Option<&str>,
+    ) -> Result<RegisteredInfo, ClientError> {
+        let body = RegisterVersion {
+            path: path.to_string(),
+            metrics: metrics.clone(),
+            run: run.map(str::to_string),
+        };
+        let url = format!("{}/v1/models/{}/versions", self.base, encode(model));
+        let response = self.send(self.http.post(&url).json(&body), &url).await?;
+        decode(response, &url).await
+    }
+    pub async fn promote(&self, model: &str, version: u32) -> Result<ActionResponse, ClientError> {
+        let url = format!("{}/v1/models/{}/promote", self.base, encode(model));
+        let request = self
+            .http
+            .post(&url)
+            .json(&PromoteRequest { version })
+            .timeout(Duration::from_secs(60));
+        let response = self.send(request, &url).await?;
+        decode(response, &url).await
+    }
+    pub async fn rollback(&self, model: &str) -> Result<ActionResponse, ClientError> {
+        self.post(&format!("/v1/models/{}/rollback", encode(model)))
+            .await
     }
     pub async fn events(
         &self,

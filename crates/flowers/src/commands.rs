@@ -105,6 +105,7 @@ pub async fn client_command(api: &str, json: bool, command: Command) -> anyhow::
             owner,
             limit,
         } => events(&client, json, follow, owner.as_deref(), limit).await,
+        Command::Models { action } => crate::models::run(&client, json, action).await,
         Command::Gateway { action: None } => gateway_traffic(&client, json).await,
         Command::Up(_)
         | Command::Check { .. }
@@ -141,7 +142,7 @@ pub fn new_key(json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_action(json: bool, answer: &client::ActionResponse) {
+pub fn print_action(json: bool, answer: &client::ActionResponse) {
     if json {
         println!(
             "{}",
@@ -152,11 +153,11 @@ fn print_action(json: bool, answer: &client::ActionResponse) {
     }
 }
 
-fn dash(value: Option<String>) -> String {
+pub fn dash(value: Option<String>) -> String {
     value.unwrap_or_else(|| "-".to_string())
 }
 
-fn gib(bytes: u64) -> String {
+pub fn gib(bytes: u64) -> String {
     domain::ByteSize(bytes).to_string()
 }
 
@@ -173,7 +174,7 @@ fn age(ms: Option<i64>) -> String {
     }
 }
 
-fn time(ms: i64) -> String {
+pub fn time(ms: i64) -> String {
     let when = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(when).to_string()
 }
@@ -186,7 +187,17 @@ fn run_summary(run: &RunInfo) -> String {
     if let Some(port) = run.port {
         parts.push(format!(":{port}"));
     }
+    if let Some(version) = run.model_version {
+        parts.push(format!("v{version}"));
+    }
     format!("{} ({})", run.id, parts.join(", "))
+}
+
+/// The model versions a service's replicas serve (`3`, or `2,3` during a promotion), or `-`.
+fn served_versions(runs: &[RunInfo]) -> String {
+    let versions: std::collections::BTreeSet<u32> =
+        runs.iter().filter_map(|r| r.model_version).collect();
+    crate::models::versions_list(&versions.into_iter().collect::<Vec<_>>())
 }
 
 async fn ps(client: &Client, json: bool) -> anyhow::Result<()> {
@@ -196,7 +207,9 @@ async fn ps(client: &Client, json: bool) -> anyhow::Result<()> {
         println!("{value:#}");
         return Ok(());
     }
-    let mut table = Table::new(&["NAME", "KIND", "STATE", "READY", "UPTIME", "RUNS"]);
+    let mut table = Table::new(&[
+        "NAME", "KIND", "STATE", "READY", "VERSION", "UPTIME", "RUNS",
+    ]);
     let mut reasons = Vec::new();
     for service in &services {
         let oldest_start = service.runs.iter().filter_map(|r| r.started_ms).min();
@@ -205,6 +218,7 @@ async fn ps(client: &Client, json: bool) -> anyhow::Result<()> {
             "service".into(),
             service.state.clone(),
             format!("{}/{}", service.ready_replicas, service.replicas),
+            served_versions(&service.runs),
             age(oldest_start),
             if service.runs.is_empty() {
                 "-".into()
@@ -227,6 +241,7 @@ async fn ps(client: &Client, json: bool) -> anyhow::Result<()> {
             job.name.clone(),
             "job".into(),
             job.state.clone(),
+            "-".into(),
             "-".into(),
             age(live.and_then(|r| r.started_ms)),
             dash(job.last_run.as_ref().map(run_summary)),

@@ -4,6 +4,7 @@
 mod access_log;
 mod bench;
 mod commands;
+mod models;
 mod routes;
 mod table;
 mod up;
@@ -96,6 +97,11 @@ enum Command {
     Gateway {
         #[command(subcommand)]
         action: Option<GatewayAction>,
+    },
+    /// List models; with a subcommand, show, import, promote or roll back their versions.
+    Models {
+        #[command(subcommand)]
+        action: Option<models::ModelsAction>,
     },
     /// Print the control API's OpenAPI document.
     Openapi,

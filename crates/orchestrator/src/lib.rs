@@ -178,6 +178,11 @@ impl Handle {
         &self.store
     }
 
+    /// Where a model version's files are: `DATA_DIR/models/MODEL/VERSION`.
+    pub fn version_dir(&self, model: &str, version: u32) -> PathBuf {
+        versions::version_dir(&self.data_dir, model, version)
+    }
+
     /// Starts a Run of the job, or queues it until a device is free.
     pub async fn start_job(&self, name: &str) -> Result<JobStarted, Error> {
         let (reply, answer) = oneshot::channel();

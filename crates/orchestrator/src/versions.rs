@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use domain::Metrics;
 use serde::Serialize;
@@ -18,7 +19,9 @@ use sha2::{Digest, Sha256};
 /// that name at its top.
 pub const MANIFEST: &str = "manifest.json";
 
-/// Files copied into a staging directory, with their digest.
+/// Files copied into a staging directory, with their digest. Dropping it removes the staging
+/// directory unless [`commit`] moved it into place: a registration abandoned on the way (its
+/// caller went away, Flowers is shutting down) leaves nothing behind.
 #[derive(Debug)]
 pub struct Staged {
     pub dir: PathBuf,
@@ -26,6 +29,16 @@ pub struct Staged {
     pub digest: String,
     pub files: Vec<ManifestFile>,
     pub size_bytes: u64,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // After a commit the directory has been renamed away and this finds nothing; staging
+        // names are never reused within a process, so it cannot remove another's.
+        if self.dir.exists() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -107,10 +120,12 @@ pub fn stage(data_dir: &Path, model: &str, source: &Path) -> Result<Staged, Vers
         move |source| VersionError::Write { path, source }
     };
     fs::create_dir_all(&parent).map_err(write_error(&parent))?;
+    static STAGINGS: AtomicU64 = AtomicU64::new(0);
     let dir = parent.join(format!(
-        ".staging-{}-{}",
+        ".staging-{}-{}-{}",
         std::process::id(),
-        domain::now_ms()
+        domain::now_ms(),
+        STAGINGS.fetch_add(1, Ordering::Relaxed)
     ));
     let dir = unique(dir);
     fs::create_dir(&dir).map_err(write_error(&dir))?;
@@ -406,6 +421,27 @@ mod tests {
             .map(|d| d.flatten().collect())
             .unwrap_or_default();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn an_abandoned_staging_is_removed_and_a_committed_one_is_not() {
+        let data = tempfile::tempdir().unwrap();
+        let source = tempfile::tempdir().unwrap();
+        fs::write(source.path().join("weights.bin"), b"w").unwrap();
+        let abandoned = stage(data.path(), "m", source.path()).unwrap();
+        let staging = abandoned.dir.clone();
+        assert!(staging.is_dir());
+        drop(abandoned);
+        assert!(!staging.exists());
+
+        let staged = stage(data.path(), "m", source.path()).unwrap();
+        let metrics = Metrics::new();
+        let dir = commit(data.path(), &staged, &manifest(&staged, &metrics, 1)).unwrap();
+        // A staging started after the commit never takes the name the committed one had.
+        let next = stage(data.path(), "m", source.path()).unwrap();
+        assert_ne!(next.dir, staged.dir);
+        drop(staged);
+        assert!(dir.join("weights.bin").is_file() && next.dir.is_dir());
     }
 
     #[test]

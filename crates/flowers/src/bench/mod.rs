@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use client::{Client, EventInfo, ModelDetail};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -101,7 +102,6 @@ pub struct Check {
 /// A `flowers up` of the benchmark's own, stopped when dropped.
 struct Server {
     child: std::process::Child,
-    api: String,
 }
 
 impl Drop for Server {
@@ -176,23 +176,6 @@ env = {{ BENCH_EPOCH_SECONDS = "{epoch}" }}
     Ok(path)
 }
 
-async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value> {
-    let response = client
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
-    let status = response.status();
-    let body: Value = response
-        .json()
-        .await
-        .with_context(|| format!("GET {url}: the answer is not JSON"))?;
-    if !status.is_success() {
-        bail!("GET {url}: {status}: {body}");
-    }
-    Ok(body)
-}
-
 async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
 where
     F: FnMut() -> Fut,
@@ -265,18 +248,11 @@ async fn run(args: &AvailabilityArgs, dir: &Path) -> Result<Report> {
         .stderr(log)
         .spawn()
         .context("cannot start `flowers up`")?;
-    let server = Server {
-        child,
-        api: format!("http://127.0.0.1:{api_port}"),
-    };
-    let control = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let api = server.api.clone();
+    let server = Server { child };
+    let control = Client::new(&format!("http://127.0.0.1:{api_port}"));
     wait_for("the control API", Duration::from_secs(30), || {
-        let url = format!("{api}/v1/status");
         let control = control.clone();
-        async move { get_json(&control, &url).await.is_ok() }
+        async move { control.status().await.is_ok() }
     })
     .await?;
     // The job registers the first version, which is promoted and served.
@@ -284,12 +260,12 @@ async fn run(args: &AvailabilityArgs, dir: &Path) -> Result<Report> {
         "the first version to be served",
         Duration::from_secs(90),
         || {
-            let url = format!("{api}/v1/services/web");
             let control = control.clone();
             async move {
-                get_json(&control, &url)
+                control
+                    .service("web")
                     .await
-                    .is_ok_and(|s| s["ready"].as_u64().unwrap_or(0) >= 1)
+                    .is_ok_and(|s| s.ready_replicas >= 1)
             }
         },
     )
@@ -322,15 +298,15 @@ async fn run(args: &AvailabilityArgs, dir: &Path) -> Result<Report> {
             samples.lock().unwrap().extend(mine);
         }));
     }
-    let kills = chaos(&control, &api, args, started).await;
+    let kills = chaos(&control, args, started).await;
     for worker in workers {
         worker.await?;
     }
     let load_end_ms = now_ms();
     let samples = std::mem::take(&mut *samples.lock().unwrap());
 
-    let events = get_json(&control, &format!("{api}/v1/events?limit=10000")).await?;
-    let model = get_json(&control, &format!("{api}/v1/models/bench")).await?;
+    let events = control.events(Some(0), None, 10_000).await?;
+    let model = control.model("bench").await?;
     drop(server);
     Ok(analyse(
         args,
@@ -363,8 +339,7 @@ async fn request(client: &reqwest::Client, url: &str) -> Result<u32, String> {
 
 /// Kills the serving replica's process with SIGKILL `kills` times, evenly spread.
 async fn chaos(
-    control: &reqwest::Client,
-    api: &str,
+    control: &Client,
     args: &AvailabilityArgs,
     started: Instant,
 ) -> Result<Vec<(f64, String)>> {
@@ -377,15 +352,13 @@ async fn chaos(
         // The newest ready replica: the one serving now.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let runs = get_json(control, &format!("{api}/v1/runs?owner=web&active=true")).await?;
+            let runs = control.runs(Some("web"), true, 100).await?;
             let target = runs
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|run| run["state"] == "ready" && run["child_pid"].as_u64().is_some());
+                .iter()
+                .find(|run| run.state == "ready" && run.child_pid.is_some());
             if let Some(run) = target {
-                let pid = run["child_pid"].as_u64().unwrap_or(0) as i32;
-                let id = run["id"].as_str().unwrap_or("?").to_string();
+                let pid = run.child_pid.unwrap_or(0) as i32;
+                let id = run.id.clone();
                 let killed_ms = now_ms();
                 // SAFETY: kill(2) with a pid read from Flowers' API; no memory is involved.
                 if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
@@ -424,22 +397,16 @@ fn analyse(
     args: &AvailabilityArgs,
     samples: Vec<Sample>,
     kills: Vec<(f64, String)>,
-    events: &Value,
-    model: &Value,
+    events: &[EventInfo],
+    model: &ModelDetail,
     load_start_ms: f64,
     load_end_ms: f64,
 ) -> Report {
-    let events: Vec<&Value> = events.as_array().into_iter().flatten().collect();
-    let at = |e: &Value| e["time_ms"].as_f64().unwrap_or(0.0);
-    let kind = |e: &Value, k: &str| e["kind"] == k;
+    let at = |e: &EventInfo| e.time_ms as f64;
+    let kind = |e: &EventInfo, k: &str| e.kind == k;
     let during_load = |t: f64| t >= load_start_ms && t <= load_end_ms;
 
-    let registered: BTreeSet<u32> = model["versions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v["version"].as_u64().map(|v| v as u32))
-        .collect();
+    let registered: BTreeSet<u32> = model.versions.iter().map(|v| v.version).collect();
     let mut answered: BTreeMap<u32, usize> = BTreeMap::new();
     let mut failures = Vec::new();
     for sample in &samples {
@@ -462,7 +429,7 @@ fn analyse(
         .iter()
         .filter(|e| kind(e, "version_promoted") && during_load(at(e)))
         .filter_map(|e| {
-            let message = e["message"].as_str()?;
+            let message = e.message.as_str();
             let version = message
                 .split(':')
                 .nth(1)?
@@ -494,13 +461,13 @@ fn analyse(
         .count();
 
     // Swap windows: promotion → the old replica stopped; kill → a replica ready again.
-    let web = |e: &Value| e["owner"] == "web";
+    let web = |e: &EventInfo| e.owner.as_deref() == Some("web");
     let mut windows: Vec<(f64, f64)> = Vec::new();
     for (t, _) in &promotion_events {
         let end = events
             .iter()
             .filter(|e| web(e) && kind(e, "run_stopped") && at(e) > *t)
-            .map(|e| at(e))
+            .map(at)
             .next()
             .unwrap_or(load_end_ms);
         windows.push((*t, end));
@@ -509,7 +476,7 @@ fn analyse(
         let end = events
             .iter()
             .filter(|e| web(e) && kind(e, "run_ready") && at(e) > *t)
-            .map(|e| at(e))
+            .map(at)
             .next()
             .unwrap_or(load_end_ms);
         windows.push((*t, end));

@@ -22,7 +22,7 @@ async fn request(server: &TestServer, method: Method, path: &str) -> Response {
 
 /// Checks that `response` is an error with `status` and `code` in exactly the documented
 /// shape; returns its message.
-async fn error_message(response: Response, status: u16, code: &str) -> String {
+pub(crate) async fn error_message(response: Response, status: u16, code: &str) -> String {
     let what = format!("{} {}", response.status(), response.url().path());
     assert_eq!(response.status().as_u16(), status, "{what}");
     assert_eq!(

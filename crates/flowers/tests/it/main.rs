@@ -12,5 +12,6 @@ mod gateway;
 mod jobs;
 mod lifecycle;
 mod logs;
+mod models;
 mod promotion;
 mod tidy;

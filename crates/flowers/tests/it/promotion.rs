@@ -282,11 +282,13 @@ env = {{ BENCH_EPOCH_SECONDS = "1" }}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_gpu_is_lost_takes_the_room_of_a_preemptible_job() {
+    // The second card is a little smaller, so best fit puts the service there; losing it
+    // keeps the first card's index (NVML numbers the cards it finds in order).
     let two_gpus = r#"{"driver_version": "550.54", "gpus": [
         {"name": "RTX 3050", "uuid": "GPU-aaaa", "memory_total": "8GiB"},
-        {"name": "RTX 3050", "uuid": "GPU-bbbb", "memory_total": "8GiB"}]}"#;
+        {"name": "RTX 3050", "uuid": "GPU-bbbb", "memory_total": "7GiB"}]}"#;
     let one_gpu = r#"{"driver_version": "550.54", "gpus": [
-        {"name": "RTX 3050", "uuid": "GPU-bbbb", "memory_total": "8GiB"}]}"#;
+        {"name": "RTX 3050", "uuid": "GPU-aaaa", "memory_total": "8GiB"}]}"#;
     let fakes = tempfile::tempdir().unwrap();
     let (two, one) = (fakes.path().join("two.json"), fakes.path().join("one.json"));
     std::fs::write(&two, two_gpus).unwrap();
@@ -302,16 +304,16 @@ async fn a_replica_whose_gpu_is_lost_takes_the_room_of_a_preemptible_job() {
     let mut server =
         TestServer::start_with_env(&body, &[("FLOWERS_FAKE_NVML", two.to_str().unwrap())]).await;
     let web = server.ready_runs("web", 1).await.remove(0);
-    assert_eq!(web.device.as_deref(), Some("gpu0"));
+    assert_eq!(web.device.as_deref(), Some("gpu1"));
     server
-        .eventually("the job to run on gpu1", || async {
+        .eventually("the job to run on gpu0", || async {
             let run = server.client.job("train").await.ok()?.last_run?;
-            (run.state == "running" && run.device.as_deref() == Some("gpu1")).then_some(())
+            (run.state == "running" && run.device.as_deref() == Some("gpu0")).then_some(())
         })
         .await;
 
-    // gpu0 is gone when Flowers comes back (the card fell off the bus): the replica takes the
-    // job's room on gpu1, and the job waits with a reason.
+    // gpu1 is gone when Flowers comes back (the card fell off the bus): the replica takes the
+    // job's room on gpu0, and the job waits with a reason.
     server.kill9();
     server
         .launch(&[("FLOWERS_FAKE_NVML", one.to_str().unwrap())])
@@ -323,7 +325,7 @@ async fn a_replica_whose_gpu_is_lost_takes_the_room_of_a_preemptible_job() {
         preempted.message
     );
     let moved = server.replacement("web", &web.id).await;
-    assert_eq!(moved.device.as_deref(), Some("gpu1"));
+    assert_eq!(moved.device.as_deref(), Some("gpu0"));
     let job = server
         .eventually("the job to wait for room", || async {
             let job = server.client.job("train").await.ok()?;
