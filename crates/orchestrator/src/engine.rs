@@ -1142,6 +1142,7 @@ impl Engine {
             devices: self.desired_devices.clone(),
             allocations,
             requests,
+            unaccounted: BTreeMap::new(),
         });
 
         for preemption in &plan.preemptions {
