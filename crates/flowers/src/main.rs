@@ -7,6 +7,7 @@ mod commands;
 mod routes;
 mod table;
 mod up;
+mod vram;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
