@@ -68,6 +68,10 @@ pub struct DeviceInfo {
     pub allocations: Vec<AllocationInfo>,
     /// Sum of VRAM budgets reserved; a whole-device allocation counts as the whole memory.
     pub allocated_vram_bytes: Option<u64>,
+    /// VRAM used by processes that are not this device's Runs (programs Flowers did not start),
+    /// as last read (every 2 s). The scheduler counts it as taken. Absent for CPU slots and
+    /// without a reading.
+    pub foreign_vram_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -98,6 +102,10 @@ pub struct AllocationInfo {
     pub owner: String,
     /// VRAM budget; absent when the Run holds the whole device.
     pub vram_bytes: Option<u64>,
+    /// VRAM the Run's processes use on this device as NVML last reported it (every 2 s).
+    /// Beyond `vram_bytes`, the scheduler counts this instead. Absent for CPU slots and without
+    /// a reading.
+    pub vram_used_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

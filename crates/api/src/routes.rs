@@ -201,6 +201,7 @@ async fn devices(State(state): State<AppState>) -> Result<Json<DevicesResponse>,
                     .sum::<u64>()
                     .min(total.bytes())
             });
+            let usage = view.device_usage.devices.get(&device.id);
             let reading = readings.iter().find(|(id, _)| id == &device.id);
             let (telemetry, telemetry_error) = match (device.kind, reading) {
                 (DeviceKind::Cpu, _) => (None, None),
@@ -225,9 +226,12 @@ async fn devices(State(state): State<AppState>) -> Result<Json<DevicesResponse>,
                         run: r.id.to_string(),
                         owner: r.owner.name.to_string(),
                         vram_bytes: r.vram_reserved.map(|v| v.bytes()),
+                        vram_used_bytes: usage
+                            .map(|u| u.runs.get(&r.id).copied().unwrap_or_default().bytes()),
                     })
                     .collect(),
                 allocated_vram_bytes,
+                foreign_vram_bytes: usage.map(|u| u.foreign.bytes()),
             }
         })
         .collect();

@@ -26,6 +26,8 @@ pub enum EventKind {
     VersionFailed,
     VersionDeleted,
     JobPreempted,
+    /// A Run uses more VRAM than its budget (once per crossing; Flowers does not stop it).
+    VramBudgetExceeded,
 }
 
 impl EventKind {
@@ -52,6 +54,7 @@ impl EventKind {
             EventKind::VersionFailed => "version_failed",
             EventKind::VersionDeleted => "version_deleted",
             EventKind::JobPreempted => "job_preempted",
+            EventKind::VramBudgetExceeded => "vram_budget_exceeded",
         }
     }
 
@@ -60,7 +63,7 @@ impl EventKind {
     }
 }
 
-const ALL_KINDS: [EventKind; 21] = [
+const ALL_KINDS: [EventKind; 22] = [
     EventKind::FlowersStarted,
     EventKind::FlowersStopping,
     EventKind::DevicesDetected,
@@ -82,6 +85,7 @@ const ALL_KINDS: [EventKind; 21] = [
     EventKind::VersionFailed,
     EventKind::VersionDeleted,
     EventKind::JobPreempted,
+    EventKind::VramBudgetExceeded,
 ];
 
 /// An event before the store gives it an id and a time.

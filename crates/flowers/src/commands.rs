@@ -270,6 +270,28 @@ fn memory(device: &DeviceInfo) -> String {
     }
 }
 
+/// `web-1 (3.0GiB reserved, 2.1GiB used)`: a Run on a device, its budget next to what NVML says
+/// it uses.
+fn allocation(allocation: &client::AllocationInfo) -> String {
+    let run = &allocation.run;
+    let reserved = match allocation.vram_bytes {
+        Some(vram) => format!("{} reserved", gib(vram)),
+        None => "whole".to_string(),
+    };
+    match allocation.vram_used_bytes {
+        // A CPU slot, or a whole GPU without a reading.
+        None if allocation.vram_bytes.is_none() => run.clone(),
+        None => format!("{run} ({reserved})"),
+        Some(used) => {
+            let over = match allocation.vram_bytes {
+                Some(budget) if used > budget => ", over budget",
+                _ => "",
+            };
+            format!("{run} ({reserved}, {} used{over})", gib(used))
+        }
+    }
+}
+
 async fn gpus(client: &Client, json: bool) -> anyhow::Result<()> {
     let answer = client.devices().await?;
     if json {
@@ -286,6 +308,7 @@ async fn gpus(client: &Client, json: bool) -> anyhow::Result<()> {
         "POWER",
         "PCIE",
         "ALLOCATED",
+        "FOREIGN",
         "RUNS",
     ]);
     let mut processes = Vec::new();
@@ -330,10 +353,7 @@ async fn gpus(client: &Client, json: bool) -> anyhow::Result<()> {
         let runs = device
             .allocations
             .iter()
-            .map(|a| match a.vram_bytes {
-                Some(vram) => format!("{} ({})", a.run, gib(vram)),
-                None => a.run.clone(),
-            })
+            .map(allocation)
             .collect::<Vec<_>>()
             .join(", ");
         table.row(vec![
@@ -351,6 +371,7 @@ async fn gpus(client: &Client, json: bool) -> anyhow::Result<()> {
             power,
             pcie,
             allocated,
+            dash(device.foreign_vram_bytes.map(gib)),
             if runs.is_empty() { "-".into() } else { runs },
         ]);
         if let Some(error) = &device.telemetry_error {

@@ -8,6 +8,7 @@ mod models;
 mod routes;
 mod table;
 mod up;
+mod vram;
 
 use std::ffi::OsString;
 use std::path::PathBuf;

@@ -132,10 +132,12 @@ pub async fn up(args: UpArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         jobs: config.jobs.clone(),
         models: config.models.clone(),
         devices: devices.clone(),
+        device_usage: crate::vram::first_reading(&gpus, &store),
     };
     let (handle, engine) = orchestrator::start(settings, desired, store, gpu_status.clone())
         .await
         .context("cannot start the orchestrator")?;
+    let vram_task = tokio::spawn(crate::vram::follow(gpus.clone(), handle.clone()));
 
     let info = api_types::ServerInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -218,6 +220,7 @@ pub async fn up(args: UpArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
     let _ = api_task.await;
     let _ = gateway_task.await;
     routes_task.abort();
+    vram_task.abort();
     let _ = engine.await;
     println!("flowers: every Run stopped; bye");
     Ok(ExitCode::SUCCESS)

@@ -18,6 +18,7 @@ use supervisor::{LaunchSpec, ProcessHandle, Supervisor};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
+use crate::usage::{self, DeviceUsage, Ledger};
 use crate::versions;
 use crate::view::{JobView, OwnerStatus, ServiceView, View};
 use crate::{Command, Desired, Error, Handle, JobStarted, Settings};
@@ -46,6 +47,8 @@ pub(crate) enum Input {
     },
     /// An owner's restart backoff is over.
     BackoffElapsed,
+    /// A new reading of the GPUs' memory, charged to Runs (every 2 s, from the binary).
+    DeviceUsage(DeviceUsage),
 }
 
 /// Why Flowers is stopping a Run; decides what happens after it exits.
@@ -148,6 +151,8 @@ struct Engine {
     shutdown_replies: Option<Vec<oneshot::Sender<()>>>,
     /// Events emitted while handling the current input, recorded after the view is published.
     pending_events: RefCell<Vec<NewEvent>>,
+    /// VRAM in use on the GPUs, as last read.
+    vram: Ledger,
 }
 
 pub(crate) async fn start(
@@ -160,6 +165,9 @@ pub(crate) async fn start(
     let (events, _) = broadcast::channel(1024);
     let (view, view_receiver) = watch::channel(Arc::new(View::default()));
     let supervisor = Arc::new(Supervisor::new(settings.monitor_command.clone()));
+    // The first plan already counts what other programs hold on the GPUs.
+    let mut vram = Ledger::default();
+    vram.record(desired.device_usage.clone());
 
     let mut engine = Engine {
         supervisor,
@@ -176,6 +184,7 @@ pub(crate) async fn start(
         started_ms: now_ms(),
         shutdown_replies: None,
         pending_events: RefCell::new(Vec::new()),
+        vram,
         settings,
     };
     engine.load(desired)?;
@@ -590,7 +599,20 @@ impl Engine {
                 }
             }
             Input::BackoffElapsed => {}
+            Input::DeviceUsage(reading) => {
+                self.vram.record(reading);
+                let runs: Vec<&RunRecord> = self.runs.values().map(|live| &live.record).collect();
+                for event in self.vram.crossings(&runs) {
+                    self.emit(event);
+                }
+            }
         }
+    }
+
+    /// The latest VRAM reading, as it counts for the Runs alive now.
+    fn device_usage(&self) -> DeviceUsage {
+        let runs: Vec<&RunRecord> = self.runs.values().map(|live| &live.record).collect();
+        self.vram.counted(&runs)
     }
 
     async fn handle_command(&mut self, command: Command) {
@@ -1117,6 +1139,7 @@ impl Engine {
                 });
             }
         }
+        let usage = self.device_usage();
         let allocations = self
             .runs
             .values()
@@ -1131,7 +1154,7 @@ impl Engine {
                 };
                 live.record.device.clone().map(|device| Allocation {
                     device,
-                    vram: live.record.vram_reserved,
+                    vram: usage::counted_vram(&live.record, &usage),
                     holder: live.record.id.to_string(),
                     preemptible,
                     stopping: live.stop.is_some(),
@@ -1142,6 +1165,7 @@ impl Engine {
             devices: self.desired_devices.clone(),
             allocations,
             requests,
+            unaccounted: usage.foreign(),
         });
 
         for preemption in &plan.preemptions {
@@ -1800,6 +1824,7 @@ impl Engine {
             models: self.model_views(),
             runs,
             shutting_down: self.shutdown_replies.is_some(),
+            device_usage: self.device_usage(),
         }));
         self.flush_events();
     }

@@ -7,9 +7,11 @@
 //! passed, a backoff elapsed, a user asked), so what can happen is visible in one place and
 //! handled one at a time. Other crates talk to it only through a [`Handle`]: commands in,
 //! a published [`View`] and a broadcast of [`domain::Event`]s out. It never serves HTTP,
-//! never parses configuration and never talks to NVML; it is handed specs and devices.
+//! never parses configuration and never talks to NVML; it is handed specs, devices and
+//! readings of the GPUs' memory ([`DeviceUsage`]).
 
 mod engine;
+mod usage;
 pub mod versions;
 mod view;
 
@@ -23,6 +25,7 @@ use domain::{Device, Event, JobSpec, Metrics, ModelSpec, Name, RunId, ServiceSpe
 use store::{Store, VersionRecord};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+pub use usage::{DeviceUsage, GpuUsage};
 pub use view::{JobView, ModelView, OwnerStatus, ServiceView, View};
 
 /// What the orchestrator needs to know about its surroundings, decided by the binary.
@@ -61,6 +64,10 @@ pub struct Desired {
     /// Declared models and those implied by a service or job naming one.
     pub models: BTreeMap<Name, ModelSpec>,
     pub devices: Vec<Device>,
+    /// VRAM already in use when Flowers starts (a first reading, charged to the Runs the store
+    /// lists as not ended), so that the first plan does not over-commit a GPU another program
+    /// fills.
+    pub device_usage: DeviceUsage,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -273,6 +280,15 @@ impl Handle {
             reply,
         })
         .await
+    }
+
+    /// Hands the loop a new reading of the GPUs' memory: it counts in the next plans, and a Run
+    /// that went beyond its VRAM budget gets an event (it is not stopped).
+    pub async fn report_device_usage(&self, usage: DeviceUsage) -> Result<(), Error> {
+        self.commands
+            .send(engine::Input::DeviceUsage(usage))
+            .await
+            .map_err(|_| Error::ShuttingDown)
     }
 
     /// Stops every Run gracefully and ends the loop. Returns when all are gone.

@@ -1,6 +1,8 @@
 use domain::{Device, JobSpec, ModelSpec, ServiceSpec};
 use store::RunRecord;
 
+use crate::DeviceUsage;
+
 /// A consistent picture of the orchestrator's state, published after every change.
 #[derive(Clone, Debug, Default)]
 pub struct View {
@@ -14,6 +16,9 @@ pub struct View {
     /// Runs that have not ended, in id order.
     pub runs: Vec<RunRecord>,
     pub shutting_down: bool,
+    /// VRAM in use on the GPUs as last read (every 2 s), counted as the scheduler counts it:
+    /// each Run's own use on its GPU, everything else as foreign.
+    pub device_usage: DeviceUsage,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,6 +12,11 @@
 //! for GPUs, so a service written for a GPU still runs on a laptop). A request for a whole device
 //! takes a GPU nobody uses, else a free CPU slot. CPU slots are whole-slot resources.
 //!
+//! **The VRAM ledger:** a GPU's free memory is its total less what its allocations hold and less
+//! [`Snapshot::unaccounted`], the memory NVML says is in use outside every Run's reservation
+//! (another program's). The caller counts each Run at the larger of its budget and what it
+//! really uses, so neither a Run beyond its budget nor another program over-commits a device.
+//!
 //! **Preemption:** a service replica that fits nowhere (a new version's blue/green replica, a
 //! replica whose device is gone, a service's minimum) takes room from preemptible jobs: first it
 //! waits for Runs already stopping if their room is enough; otherwise the plan names the
@@ -56,6 +61,9 @@ pub struct Snapshot<K> {
     pub devices: Vec<Device>,
     pub allocations: Vec<Allocation>,
     pub requests: Vec<Request<K>>,
+    /// VRAM in use on a GPU that no allocation accounts for (processes Flowers did not start),
+    /// as last read from NVML. Missing devices have none.
+    pub unaccounted: BTreeMap<DeviceId, ByteSize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +108,8 @@ struct Room<'a> {
     device: &'a Device,
     whole_taken_by: Option<String>,
     vram_reserved: ByteSize,
+    /// In use outside Flowers ([`Snapshot::unaccounted`]); never released by a plan.
+    vram_unaccounted: ByteSize,
     holders: Vec<String>,
 }
 
@@ -111,14 +121,18 @@ impl Room<'_> {
         if self.whole_taken_by.is_some() {
             return Some(ByteSize(0));
         }
-        self.device
-            .memory_total
-            .map(|total| total.saturating_sub(self.vram_reserved))
+        self.device.memory_total.map(|total| {
+            total
+                .saturating_sub(self.vram_reserved)
+                .saturating_sub(self.vram_unaccounted)
+        })
     }
 }
 
-pub fn plan<K: Clone>(snapshot: &Snapshot<K>) -> Plan<K> {
-    let mut rooms: BTreeMap<&DeviceId, Room> = snapshot
+/// Every device of the snapshot with nothing allocated yet, apart from what is in use outside
+/// Flowers.
+fn empty_rooms<K>(snapshot: &Snapshot<K>) -> BTreeMap<&DeviceId, Room<'_>> {
+    snapshot
         .devices
         .iter()
         .map(|device| {
@@ -128,11 +142,20 @@ pub fn plan<K: Clone>(snapshot: &Snapshot<K>) -> Plan<K> {
                     device,
                     whole_taken_by: None,
                     vram_reserved: ByteSize(0),
+                    vram_unaccounted: snapshot
+                        .unaccounted
+                        .get(&device.id)
+                        .copied()
+                        .unwrap_or_default(),
                     holders: Vec::new(),
                 },
             )
         })
-        .collect();
+        .collect()
+}
+
+pub fn plan<K: Clone>(snapshot: &Snapshot<K>) -> Plan<K> {
+    let mut rooms = empty_rooms(snapshot);
     for allocation in &snapshot.allocations {
         // An allocation on a device that has disappeared holds nothing we can place on.
         if let Some(room) = rooms.get_mut(&allocation.device) {
@@ -195,21 +218,7 @@ fn rooms_after<'a, K>(
     snapshot: &'a Snapshot<K>,
     placements: &[Placement<K>],
 ) -> BTreeMap<&'a DeviceId, Room<'a>> {
-    let mut rooms: BTreeMap<&DeviceId, Room> = snapshot
-        .devices
-        .iter()
-        .map(|device| {
-            (
-                &device.id,
-                Room {
-                    device,
-                    whole_taken_by: None,
-                    vram_reserved: ByteSize(0),
-                    holders: Vec::new(),
-                },
-            )
-        })
-        .collect();
+    let mut rooms = empty_rooms(snapshot);
     for allocation in snapshot.allocations.iter().filter(|a| !a.stopping) {
         if let Some(room) = rooms.get_mut(&allocation.device) {
             take(room, allocation.vram, &allocation.holder);
@@ -431,7 +440,8 @@ fn explain(rooms: &BTreeMap<&DeviceId, Room>, vram: Option<ByteSize>) -> String 
         .collect();
     match (vram, largest_gpu) {
         (Some(vram), Some((free, id))) => format!(
-            "needs {vram} of VRAM on one device; largest free is {free} on {id}, and no CPU slot is free"
+            "needs {vram} of VRAM on one device; largest free is {free} on {id}, and no CPU slot is free{}",
+            used_outside(rooms, vram)
         ),
         (Some(vram), None) => {
             format!("needs {vram} of VRAM or a free CPU slot; none is free ({})", taken.join(", "))
@@ -441,6 +451,27 @@ fn explain(rooms: &BTreeMap<&DeviceId, Room>, vram: Option<ByteSize>) -> String 
             rooms.len(),
             taken.join(", ")
         ),
+    }
+}
+
+/// `; 7.0GiB on gpu0 is used outside Flowers` when memory in use outside Flowers is what keeps
+/// `vram` off some GPU (it would fit there otherwise); empty when it does not matter.
+fn used_outside(rooms: &BTreeMap<&DeviceId, Room>, vram: ByteSize) -> String {
+    let blocking: Vec<String> = rooms
+        .values()
+        .filter(|r| r.device.kind == DeviceKind::Gpu && r.whole_taken_by.is_none())
+        .filter(|r| r.vram_unaccounted > ByteSize(0))
+        .filter(|r| {
+            r.device
+                .memory_total
+                .is_some_and(|total| total.saturating_sub(r.vram_reserved) >= vram)
+        })
+        .map(|r| format!("{} on {}", r.vram_unaccounted, r.device.id))
+        .collect();
+    match blocking.len() {
+        0 => String::new(),
+        1 => format!("; {} is used outside Flowers", blocking[0]),
+        _ => format!("; {} are used outside Flowers", blocking.join(" and ")),
     }
 }
 

@@ -24,7 +24,7 @@ mod stop;
 pub use monitor::monitor_main;
 pub use probe::{pick_free_port, probe_http};
 pub use process::{LaunchSpec, ProcessHandle, RunProcess, Supervisor};
-pub use procfs::{group_members, is_alive, process_start_ticks, unrecorded_group};
+pub use procfs::{group_members, group_of_each, is_alive, process_start_ticks, unrecorded_group};
 pub use rotate::RotatingLog;
 pub use run_files::read_exit_status;
 pub use stop::{stop_group, StopOutcome};

@@ -79,6 +79,33 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Which Run's process group each of `pids` is in: for every pid, the index in `leaders` of the
+/// group leader whose group it belongs to (a Run's monitor leads its group, so a leader's pid is
+/// the group id), or `None` for a process outside every Run (another program's, or one that
+/// left its Run's group or has ended). Reads `/proc/PID/stat` once per pid.
+///
+/// Used to attribute the GPU memory NVML reports per process to Runs. NVML reports pids as the
+/// host sees them: a Flowers in a container with its own pid namespace finds no Run's processes.
+pub fn group_of_each(pids: &[u32], leaders: &[u32]) -> Vec<Option<usize>> {
+    attribute(pids, leaders, |pid| read_stat(pid).map(|stat| stat.pgid))
+}
+
+/// [`group_of_each`] with the process group lookup handed in, so the matching is testable
+/// without processes.
+fn attribute(
+    pids: &[u32],
+    leaders: &[u32],
+    group_of: impl Fn(u32) -> Option<u32>,
+) -> Vec<Option<usize>> {
+    pids.iter()
+        .map(|&pid| {
+            let leader_index = |group: u32| leaders.iter().position(|&leader| leader == group);
+            // A leader is in its own group, even when its stat can no longer be read.
+            leader_index(pid).or_else(|| group_of(pid).and_then(leader_index))
+        })
+        .collect()
+}
+
 fn all_processes() -> Vec<(u32, ProcStat)> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -109,6 +136,34 @@ mod tests {
                 start_ticks: 987654
             }
         );
+    }
+
+    #[test]
+    fn a_name_that_looks_like_fields_does_not_shift_them() {
+        // A command may name itself `x) R 9 9 (y`: only the last `)` ends the name.
+        let line = "77 (x) R 9 9 (y) S 12 300 300 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 555 0 0";
+        let stat = parse_stat(line).unwrap();
+        assert_eq!((stat.state, stat.ppid, stat.pgid), ('S', 12, 300));
+        assert_eq!(stat.start_ticks, 555);
+    }
+
+    #[test]
+    fn processes_are_attributed_to_the_group_they_are_in() {
+        let groups = std::collections::HashMap::from([(10, 10), (11, 10), (12, 12), (20, 20)]);
+        let group_of = |pid: u32| groups.get(&pid).copied();
+        // Leaders 10 and 20: 11 is in 10's group; 12 leads a group of its own (it left its Run's
+        // group or was never in one); 13 has ended; 20 is a leader whose stat is gone.
+        let attributed = attribute(&[11, 12, 13, 10, 20], &[10, 20], group_of);
+        assert_eq!(attributed, [Some(0), None, None, Some(0), Some(1)]);
+        assert!(attribute(&[11], &[], group_of)[0].is_none());
+    }
+
+    #[test]
+    fn this_process_belongs_to_its_own_group_and_not_to_another() {
+        let pid = std::process::id();
+        let pgid = nix::unistd::getpgrp().as_raw() as u32;
+        assert_eq!(group_of_each(&[pid], &[1, pgid]), [Some(1)]);
+        assert_eq!(group_of_each(&[pid], &[]), [None]);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Devices: GPUs through the fake NVML file (the named stand-in for NVML on a machine without
-//! a GPU), placement by VRAM budget, `flowers gpus`, and CPU slots standing in when there is no
-//! GPU or the fake file is broken.
+//! a GPU), placement by VRAM budget, the VRAM ledger (what Runs and other programs really use,
+//! read from NVML every 2 s), `flowers gpus`, and CPU slots standing in when there is no GPU or
+//! the fake file is broken.
 
-use client::RunInfo;
+use client::{DeviceInfo, RunInfo};
 
 use crate::support::*;
 
@@ -33,6 +34,37 @@ fn fake_nvml(text: &str) -> (tempfile::TempDir, String) {
     std::fs::write(&path, text).expect("fake NVML written");
     let path = path.to_string_lossy().into_owned();
     (dir, path)
+}
+
+/// Replaces the fake NVML file at once (write, then rename), so Flowers never reads half of it.
+fn rewrite_fake(path: &str, text: &str) {
+    let staging = format!("{path}.new");
+    std::fs::write(&staging, text).expect("fake NVML written");
+    std::fs::rename(&staging, path).expect("fake NVML replaced");
+}
+
+/// One 8 GiB card; `processes` is the JSON list of its processes.
+fn one_gpu(processes: &str) -> String {
+    format!(
+        r#"{{"gpus": [{{"uuid": "GPU-cccc-2222", "memory_total": "8GiB", "memory_used": "1GiB",
+                     "processes": [{processes}]}}]}}"#
+    )
+}
+
+/// Waits until the control API shows device `index` (in `/v1/devices` order) as `check` wants:
+/// the ledger reads the GPUs every 2 s.
+async fn device_when<F>(server: &TestServer, index: usize, what: &str, check: F) -> DeviceInfo
+where
+    F: Fn(&DeviceInfo) -> bool,
+{
+    let check = &check;
+    server
+        .eventually(what, || async move {
+            let devices = server.client.devices().await.ok()?;
+            let device = devices.devices.into_iter().nth(index)?;
+            check(&device).then_some(device)
+        })
+        .await
 }
 
 fn on(runs: &[RunInfo], device: &str) -> usize {
@@ -83,6 +115,11 @@ async fn runs_are_placed_on_fake_gpus_by_vram_budget_and_gpus_shows_them() {
         assert_eq!(device.kind, "gpu");
         assert_eq!(device.memory_total_bytes, Some(8 * GIB));
         assert_eq!(device.allocated_vram_bytes, Some(count * 3 * GIB));
+        // Nothing of the Runs' shows in NVML yet; pid 4242 on gpu0 is another program's.
+        assert!(device
+            .allocations
+            .iter()
+            .all(|a| a.vram_used_bytes == Some(0)));
         assert_eq!(device.allocations.len() as u64, count);
         assert!(device
             .allocations
@@ -90,6 +127,8 @@ async fn runs_are_placed_on_fake_gpus_by_vram_budget_and_gpus_shows_them() {
             .all(|a| a.owner == "web" && a.vram_bytes == Some(3 * GIB)));
         assert!(device.telemetry.is_some(), "{:?}", device.telemetry_error);
     }
+    assert_eq!(devices.devices[0].foreign_vram_bytes, Some(200 << 20));
+    assert_eq!(devices.devices[1].foreign_vram_bytes, Some(0));
     let gpu0 = &devices.devices[0];
     assert_eq!(gpu0.uuid.as_deref(), Some("GPU-aaaa-0000"));
     let telemetry = gpu0.telemetry.as_ref().unwrap();
@@ -112,6 +151,7 @@ async fn runs_are_placed_on_fake_gpus_by_vram_budget_and_gpus_shows_them() {
         "POWER",
         "PCIE",
         "ALLOCATED",
+        "FOREIGN",
         "RUNS",
     ] {
         assert!(lines[1].contains(header), "{out}");
@@ -131,6 +171,7 @@ async fn runs_are_placed_on_fake_gpus_by_vram_budget_and_gpus_shows_them() {
         "12W / 130W",
         "Gen4 x8",
         "6.0GiB / 8.0GiB",
+        "200MiB",
     ] {
         assert!(gpu0_row.contains(cell), "{cell:?} missing in {gpu0_row:?}");
     }
@@ -147,7 +188,7 @@ async fn runs_are_placed_on_fake_gpus_by_vram_budget_and_gpus_shows_them() {
         assert!(gpu1_row.contains(cell), "{cell:?} missing in {gpu1_row:?}");
     }
     for run in &runs {
-        let cell = format!("{} (3.0GiB)", run.id);
+        let cell = format!("{} (3.0GiB reserved, 0B used)", run.id);
         let row = row(run.device.as_deref().unwrap());
         assert!(row.contains(&cell), "{cell:?} missing in {row:?}");
     }
@@ -166,14 +207,13 @@ async fn runs_are_placed_on_fake_gpus_by_vram_budget_and_gpus_shows_them() {
         .find(|r| r.device.as_deref() == Some("gpu1"))
         .unwrap();
     let child = lone.child_pid.unwrap();
-    std::fs::write(
+    rewrite_fake(
         &path,
-        TWO_GPUS.replace(
+        &TWO_GPUS.replace(
             "\"processes\": []",
             &format!("\"processes\": [{{\"pid\": {child}, \"memory_used\": \"2GiB\"}}]"),
         ),
-    )
-    .unwrap();
+    );
     let (code, out, err) = server.cli(&["gpus"]);
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -187,11 +227,180 @@ async fn runs_are_placed_on_fake_gpus_by_vram_budget_and_gpus_shows_them() {
     assert_eq!(processes[0].run.as_deref(), Some(lone.id.as_str()));
     assert_eq!(processes[0].memory_used_bytes, Some(2 * GIB));
 
+    // The ledger's next reading charges the 2 GiB to the Run, within its 3 GiB budget.
+    device_when(&server, 1, "gpu1's Run to use 2 GiB", |gpu1| {
+        gpu1.allocations[0].vram_used_bytes == Some(2 * GIB)
+    })
+    .await;
     let (code, out, err) = server.cli(&["gpus", "--json"]);
     assert_eq!(code, 0, "{err}");
     let parsed: client::DevicesResponse = serde_json::from_str(&out).expect("JSON");
     assert_eq!(parsed.devices.len(), 2);
     assert_eq!(parsed.devices[0].allocated_vram_bytes, Some(6 * GIB));
+    assert_eq!(parsed.devices[1].foreign_vram_bytes, Some(0));
+    let allocation = &parsed.devices[1].allocations[0];
+    assert_eq!(
+        (allocation.vram_bytes, allocation.vram_used_bytes),
+        (Some(3 * GIB), Some(2 * GIB))
+    );
+    let (code, out, err) = server.cli(&["gpus"]);
+    assert_eq!(code, 0, "{err}");
+    let cell = format!("{} (3.0GiB reserved, 2.0GiB used)", lone.id);
+    assert!(out.contains(&cell), "{cell:?} missing in:\n{out}");
+    assert!(server
+        .client
+        .events(Some(0), Some("web"), 1000)
+        .await
+        .unwrap()
+        .iter()
+        .all(|e| e.kind != "vram_budget_exceeded"));
+}
+
+/// A `[jobs.NAME]` table running the workload without its HTTP server, plus `extra` lines.
+fn job(name: &str, extra: &str) -> String {
+    format!(
+        r#"
+[jobs.{name}]
+command = ["python3", "-u", "{WORKLOAD}"]
+env = {{ WORKLOAD_NO_SERVER = "1" }}
+devices = 1
+{extra}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_beyond_its_budget_is_reported_at_each_crossing_counted_at_its_use_and_kept() {
+    let (_fake, path) = fake_nvml(&one_gpu(""));
+    let body = format!(
+        "[devices]\ncpu_slots = 0\n{}{}",
+        job("train", "vram = \"2GiB\"\nautostart = true"),
+        job("eval", "vram = \"5.5GiB\""),
+    );
+    let server = TestServer::start_with_env(&body, &[("FLOWERS_FAKE_NVML", &path)]).await;
+    let train = server
+        .eventually("train's Run to start", || async {
+            let run = server.client.job("train").await.ok()?.last_run?;
+            run.child_pid.is_some().then_some(run)
+        })
+        .await;
+    assert_eq!(train.device.as_deref(), Some("gpu0"));
+    let child = train.child_pid.unwrap();
+    let uses = |gib: u64| format!(r#"{{"pid": {child}, "memory_used": "{gib}GiB"}}"#);
+
+    // Its command grows beyond the 2 GiB budget: one event, the Run keeps running.
+    rewrite_fake(&path, &one_gpu(&uses(3)));
+    let exceeded = server.event("train", "vram_budget_exceeded").await;
+    assert_eq!(
+        exceeded.message,
+        format!(
+            "{} uses 3.0GiB of VRAM on gpu0, beyond its 2.0GiB budget",
+            train.id
+        )
+    );
+    assert_eq!(exceeded.run.as_deref(), Some(train.id.as_str()));
+    assert_eq!(exceeded.device.as_deref(), Some("gpu0"));
+    assert!(process_alive(child));
+    let now = server.client.job("train").await.unwrap();
+    assert_eq!(now.state, "running");
+    assert_eq!(now.last_run.map(|r| r.id), Some(train.id.clone()));
+
+    let (code, out, err) = server.cli(&["gpus", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let parsed: client::DevicesResponse = serde_json::from_str(&out).expect("JSON");
+    let allocation = &parsed.devices[0].allocations[0];
+    assert_eq!(allocation.run, train.id);
+    assert_eq!(
+        (allocation.vram_bytes, allocation.vram_used_bytes),
+        (Some(2 * GIB), Some(3 * GIB))
+    );
+    assert_eq!(parsed.devices[0].allocated_vram_bytes, Some(2 * GIB));
+    let (code, out, err) = server.cli(&["gpus"]);
+    assert_eq!(code, 0, "{err}");
+    let cell = format!("{} (2.0GiB reserved, 3.0GiB used, over budget)", train.id);
+    assert!(out.contains(&cell), "{cell:?} missing in:\n{out}");
+
+    // The scheduler counts what it uses: 5.5 GiB would fit beside its budget, not beside its use.
+    let (code, _, err) = server.cli(&["run", "eval"]);
+    assert_eq!(code, 0, "{err}");
+    let eval = server
+        .eventually("eval to wait", || async {
+            let job = server.client.job("eval").await.ok()?;
+            (job.state == "waiting").then_some(job)
+        })
+        .await;
+    assert_eq!(
+        eval.reason.as_deref(),
+        Some("needs 5.5GiB of VRAM on one device; largest free is 5.0GiB on gpu0, and no CPU slot is free")
+    );
+
+    // Back within its budget: the room comes back, and a new crossing is reported again.
+    rewrite_fake(&path, &one_gpu(&uses(1)));
+    server
+        .eventually("eval to be placed", || async {
+            let job = server.client.job("eval").await.ok()?;
+            (job.state == "running").then_some(())
+        })
+        .await;
+    rewrite_fake(&path, &one_gpu(&uses(3)));
+    let twice = server
+        .events_matching("train", "vram_budget_exceeded", 2)
+        .await;
+    assert_eq!(twice[1].message, exceeded.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_another_program_uses_makes_a_replica_wait_with_the_reason() {
+    // Another program holds 7 GiB of the only GPU when Flowers starts.
+    let other = |gib: u64| format!(r#"{{"pid": 4242, "memory_used": "{gib}GiB"}}"#);
+    let (_fake, path) = fake_nvml(&one_gpu(&other(7)));
+    let body = format!(
+        "[devices]\ncpu_slots = 0\n{}",
+        service("web", "devices = 1\nvram = \"3GiB\""),
+    );
+    let server = TestServer::start_with_env(&body, &[("FLOWERS_FAKE_NVML", &path)]).await;
+    let reason = "needs 3.0GiB of VRAM on one device; largest free is 1.0GiB on gpu0, and no CPU \
+                  slot is free; 7.0GiB on gpu0 is used outside Flowers";
+    let placement = server.event("web", "placement_failed").await;
+    assert_eq!(placement.message, format!("could not place: {reason}"));
+    let web = server.service("web").await;
+    assert_eq!(web.state, "waiting");
+    assert_eq!(web.reason.as_deref(), Some(reason));
+    assert!(web.runs.is_empty());
+    let gpu0 = &server.client.devices().await.unwrap().devices[0];
+    assert_eq!(gpu0.foreign_vram_bytes, Some(7 * GIB));
+    assert!(gpu0.allocations.is_empty());
+    let (code, out, err) = server.cli(&["gpus"]);
+    assert_eq!(code, 0, "{err}");
+    let row = out.lines().find(|l| l.starts_with("gpu0")).unwrap();
+    assert!(row.contains("7.0GiB"), "{row}");
+
+    // The other program ends: the replica is placed.
+    rewrite_fake(&path, &one_gpu(""));
+    let run = server.ready_runs("web", 1).await.remove(0);
+    assert_eq!(run.device.as_deref(), Some("gpu0"));
+
+    // It comes back with 6 GiB while the replica runs; the replica crashes, and its replacement
+    // waits rather than over-commit the GPU.
+    rewrite_fake(&path, &one_gpu(&other(6)));
+    device_when(&server, 0, "6 GiB used outside Flowers", |gpu0| {
+        gpu0.foreign_vram_bytes == Some(6 * GIB)
+    })
+    .await;
+    let _ = reqwest::get(format!(
+        "http://127.0.0.1:{}/crash?code=3",
+        run.port.unwrap()
+    ))
+    .await;
+    let failed = server.events_matching("web", "placement_failed", 2).await;
+    assert_eq!(
+        failed[1].message,
+        "could not place: needs 3.0GiB of VRAM on one device; largest free is 2.0GiB on gpu0, \
+         and no CPU slot is free; 6.0GiB on gpu0 is used outside Flowers"
+    );
+    let web = server.service("web").await;
+    assert_eq!(web.state, "waiting");
+    assert!(web.runs.is_empty(), "{:?}", web.runs);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
