@@ -155,6 +155,11 @@ pub fn kind(kind: DeviceKind) -> String {
 }
 
 pub fn telemetry(reading: &GpuTelemetry, runs: &[RunRecord]) -> Telemetry {
+    // A GPU process belongs to the Run whose process group it is in (its command, or anything
+    // the command started).
+    let pids: Vec<u32> = reading.processes.iter().map(|p| p.pid).collect();
+    let leaders: Vec<u32> = runs.iter().map(|r| r.pid.unwrap_or(0)).collect();
+    let owners = supervisor::group_of_each(&pids, &leaders);
     Telemetry {
         memory_used_bytes: reading.memory_used.map(|v| v.bytes()),
         utilization_percent: reading.utilization_percent,
@@ -168,30 +173,14 @@ pub fn telemetry(reading: &GpuTelemetry, runs: &[RunRecord]) -> Telemetry {
         processes: reading
             .processes
             .iter()
-            .map(|process| GpuProcessInfo {
+            .zip(owners)
+            .map(|(process, owner)| GpuProcessInfo {
                 pid: process.pid,
                 memory_used_bytes: process.memory_used.map(|v| v.bytes()),
-                run: run_of_pid(process.pid, runs),
+                run: owner.map(|i| runs[i].id.to_string()),
             })
             .collect(),
     }
-}
-
-/// The Run a GPU process belongs to: its command, or a descendant in the Run's process group.
-fn run_of_pid(pid: u32, runs: &[RunRecord]) -> Option<String> {
-    let group = process_group(pid);
-    runs.iter()
-        .find(|r| {
-            r.child_pid == Some(pid) || r.pid == Some(pid) || (group.is_some() && r.pid == group)
-        })
-        .map(|r| r.id.to_string())
-}
-
-fn process_group(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(2)?.parse().ok()
 }
 
 #[cfg(test)]
