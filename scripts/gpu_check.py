@@ -8,6 +8,8 @@ table row per fact:
   - detection: NVML found the GPU(s) (name, UUID, memory) and `flowers gpus` shows them;
   - pinning: the Run got CUDA_VISIBLE_DEVICES = the GPU's UUID and PyTorch sees exactly it;
   - accounting: the VRAM reservation beside what NVML reports the Run's process uses;
+  - ledger: Flowers charges that NVML memory to the Run (its process group), and since the
+    CUDA context alone exceeds the 256 MiB budget, reports it over budget with an event;
   - adoption: after `kill -9` of Flowers, the restarted Flowers adopts the Run (same pid);
   - release: after `flowers stop`, the process is gone from NVML and its memory is free.
 
@@ -114,6 +116,20 @@ def find_binary():
     sys.exit("gpu-check: no flowers binary (set FLOWERS_BIN, or build one: cargo build --release -p flowers)")
 
 
+def check_ledger(run, used_mib, charged):
+    """The ledger row: Flowers charged NVML's memory to the Run and reported it over budget."""
+    try:
+        allocation, event = wait_for("Flowers to charge NVML's memory to the run and report it over budget",
+                                     charged, seconds=30)
+    except TimeoutError as error:
+        row("ledger", False, str(error))
+        return
+    charged_mib = allocation["vram_used_bytes"] // 2**20
+    # Readings 2 s apart may differ a little; the ledger ignores changes under 64 MiB.
+    row("ledger", abs(charged_mib - used_mib) <= 64,
+        f"Flowers charges {charged_mib} MiB to {run['id']} (NVML: {used_mib} MiB); event: {event['message']}")
+
+
 def main():
     binary = find_binary()
     work = tempfile.mkdtemp(prefix="flowers-gpu-check-")
@@ -132,7 +148,7 @@ cpu_slots = 0
 [services.gpu]
 command = ["{sys.executable}", "-u", "workload.py"]
 devices = 1
-vram = "1GiB"
+vram = "256MiB"
 env = {{ GPU_CHECK_MIB = "{mib}" }}
 [services.gpu.probe]
 path = "/"
@@ -175,9 +191,19 @@ start_timeout = "120s"
         mine = [p for p in processes if p.get("run") == run["id"]]
         used = sum(p["memory_used_bytes"] or 0 for p in mine) // 2**20
         row("accounting", bool(mine) or "allocated_mib" not in info,
-            f"reserved {device['allocated_vram_bytes'] // 2**20} MiB (budget 1024), NVML: run's processes use {used} MiB "
+            f"reserved {device['allocated_vram_bytes'] // 2**20} MiB (budget 256), NVML: run's processes use {used} MiB "
             f"(torch allocated {info.get('allocated_mib', 0)} MiB), device used "
             f"{(device['telemetry'] or {}).get('memory_used_bytes', 0) // 2**20} MiB")
+        def charged():
+            d = next(x for x in get(f"{api}/v1/devices")["devices"] if x["id"] == run["device"])
+            mine = [a for a in d["allocations"] if a["run"] == run["id"]]
+            events = get(f"{api}/v1/events?owner=gpu&limit=1000")
+            over = [e for e in events if e["kind"] == "vram_budget_exceeded" and e.get("run") == run["id"]]
+            return (mine[0], over[0]) if mine and mine[0].get("vram_used_bytes") and over else None
+        if "allocated_mib" not in info:
+            row("ledger", None, "no CUDA memory was allocated, so there is nothing to charge")
+        else:
+            check_ledger(run, used, charged)
         print(cli("gpus"), flush=True)
 
         flowers.send_signal(signal.SIGKILL)
