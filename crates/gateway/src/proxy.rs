@@ -5,20 +5,18 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::auth::{self, Refusal};
 use crate::balance::{self, InFlight, LiveRoute, LiveTable};
 use crate::exchange::{self, Exchange, Tracked};
 use crate::hold::HeldSlot;
+use crate::pool;
 use crate::route;
 use crate::upgrade::{self, Tunnel};
 use crate::{ConnectionSlot, Error, Gateway};
@@ -26,9 +24,6 @@ use crate::{ConnectionSlot, Error, Gateway};
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body the gateway sends: a replica's streamed body or one of its own JSON answers.
 pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
-
-/// A replica that does not accept a connection by then counts as unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Hyper's read buffer while it parses a header. It is twice the header limit so that a
 /// header a little over the limit still parses and gets our JSON 431; a much larger one hits
@@ -201,6 +196,11 @@ async fn forward(
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut unreachable: Vec<String> = Vec::new();
     let mut replayed = false;
+    // A request that no replica took yet (every connection refused or closed before it was
+    // written) goes out again as it is, body included.
+    let mut unsent: Option<Request<Body>> = None;
+    // After a kept connection failed under a request, its replay takes a new connection.
+    let mut reuse = true;
     loop {
         let route = &table.routes[index];
         let Some((replica, in_flight)) = balance::pick(route, &tried) else {
@@ -223,34 +223,39 @@ async fn forward(
             }
         };
         tried.push(replica.addr);
-        let mut sender = match connect(replica.addr).await {
-            Ok(sender) => sender,
-            Err(detail) => {
-                tracing::warn!(service = %route.route.service, run = %replica.run,
-                    addr = %replica.addr, %detail, "replica unreachable, trying another");
-                unreachable.push(format!("{} at {}: {detail}", replica.run, replica.addr));
-                continue;
+        let outgoing = match unsent.take() {
+            Some(request) => request,
+            None if replayable => {
+                build(Empty::new().map_err(|never| match never {}).boxed_unsync())
             }
-        };
-        let upstream_body = if replayable {
-            Empty::new().map_err(|never| match never {}).boxed_unsync()
-        } else {
-            match body.take() {
+            None => match body.take() {
                 // A body without a declared length is cut off at the limit: the replica sees
                 // the request fail rather than an endless upload.
-                Some(body) => {
-                    http_body_util::Limited::new(body, route.route.max_body as usize).boxed_unsync()
-                }
-                // Unreachable: a non-replayable request returns after its first connection.
-                None => Empty::new().map_err(|never| match never {}).boxed_unsync(),
-            }
+                Some(body) => build(
+                    http_body_util::Limited::new(body, route.route.max_body as usize)
+                        .boxed_unsync(),
+                ),
+                // Unreachable: a request with a body is either unsent or answered once.
+                None => build(Empty::new().map_err(|never| match never {}).boxed_unsync()),
+            },
         };
-        match sender.send_request(build(upstream_body)).await {
-            Ok(response) => {
+        let sent = pool::send(
+            &replica.connections,
+            replica.addr,
+            &gateway.client,
+            outgoing,
+            reuse,
+        )
+        .await;
+        match sent {
+            pool::Outcome::Answered { response, lease } => {
                 exchange.run = Some(replica.run.clone());
                 if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    // A connection that carried an upgrade offer is not reused, whatever the
+                    // answer: it is nobody's plain HTTP/1.1 connection any more.
+                    let lease = upgrade.is_none().then_some(lease);
                     return Ok(Forwarded::Response(downstream_response(
-                        response, in_flight,
+                        response, in_flight, lease,
                     )));
                 }
                 let Some(client_side) = client_upgrade.take() else {
@@ -264,7 +269,14 @@ async fn forward(
                 };
                 return Ok(upgrade::switch(response, client_side, in_flight));
             }
-            Err(error) => {
+            pool::Outcome::NotSent { request, detail } => {
+                tracing::warn!(service = %route.route.service, run = %replica.run,
+                    addr = %replica.addr, %detail, "replica unreachable, trying another");
+                unreachable.push(format!("{} at {}: {detail}", replica.run, replica.addr));
+                unsent = Some(request);
+                continue;
+            }
+            pool::Outcome::Failed { error, reused } => {
                 let failure = Error::UpstreamFailed {
                     service: route.route.service.clone(),
                     run: replica.run.clone(),
@@ -273,6 +285,12 @@ async fn forward(
                 if replayable && !replayed {
                     tracing::warn!(%failure, "replaying an idempotent request on another replica");
                     replayed = true;
+                    if reused {
+                        // Most likely the replica closed the kept connection as the request
+                        // went out: it may take the replay too, on a new connection.
+                        tried.pop();
+                        reuse = false;
+                    }
                     continue;
                 }
                 return Err(failure);
@@ -356,39 +374,78 @@ async fn wait_for_replica(
     }
 }
 
-async fn connect(
-    addr: SocketAddr,
-) -> Result<hyper::client::conn::http1::SendRequest<Body>, String> {
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => return Err(error.to_string()),
-        Err(_) => return Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
-    };
-    let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|error| error.to_string())?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.with_upgrades().await {
-            tracing::debug!(%addr, %error, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+/// How upstream connections are opened.
+pub(crate) fn upstream_client() -> hyper::client::conn::http1::Builder {
+    hyper::client::conn::http1::Builder::new()
 }
 
 /// The replica's response with hop-by-hop headers removed; the in-flight count lasts until
-/// its body is finished or dropped.
-fn downstream_response(response: Response<Incoming>, in_flight: InFlight) -> Response<Body> {
+/// its body is finished or dropped, and the connection is kept only if the body was read to
+/// its end.
+fn downstream_response(
+    response: Response<Incoming>,
+    in_flight: InFlight,
+    lease: Option<pool::Lease>,
+) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let body = body
-        .map_frame(move |frame| {
-            let _counted = &in_flight;
-            frame
-        })
-        .map_err(BoxError::from)
-        .boxed_unsync();
-    Response::from_parts(parts, body)
+    let body = ReplicaBody {
+        inner: body,
+        lease,
+        ended: false,
+        failed: false,
+        _in_flight: in_flight,
+    };
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// A replica's response body on its way to the client. When it is dropped, its connection goes
+/// back to the replica's idle connections if the body ended cleanly, and is closed otherwise
+/// (the client went away first, or the replica failed mid-body).
+struct ReplicaBody {
+    inner: Incoming,
+    lease: Option<pool::Lease>,
+    ended: bool,
+    failed: bool,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for ReplicaBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(None) => self.ended = true,
+            std::task::Poll::Ready(Some(Err(_))) => self.failed = true,
+            _ => {}
+        }
+        polled.map(|frame| frame.map(|frame| frame.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ReplicaBody {
+    fn drop(&mut self) {
+        // A body with a length is done once it has it all; hyper then stops polling it.
+        let complete = self.ended || self.inner.is_end_stream();
+        if let Some(lease) = self.lease.take() {
+            if complete && !self.failed {
+                lease.give_back();
+            }
+        }
+    }
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1).
