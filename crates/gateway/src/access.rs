@@ -33,9 +33,9 @@ pub struct AccessRecord {
     /// From arrival to the end of the response body (for an upgraded connection, its close).
     pub duration: Duration,
     /// The service whose route matched.
-    pub service: Option<String>,
+    pub service: Option<Arc<str>>,
     /// The Run of the replica that answered.
-    pub run: Option<String>,
+    pub run: Option<Arc<str>>,
     /// The gateway's error code when it answered itself (`no_ready_replica`, …).
     pub error: Option<&'static str>,
 }

@@ -15,7 +15,7 @@ use crate::{Replica, Route, RouteTable};
 /// kept connections.
 #[derive(Debug)]
 pub(crate) struct LiveReplica {
-    pub run: String,
+    pub run: Arc<str>,
     pub addr: SocketAddr,
     outstanding: Arc<AtomicUsize>,
     pub connections: Arc<Connections>,
@@ -26,6 +26,8 @@ pub(crate) struct LiveReplica {
 #[derive(Debug)]
 pub(crate) struct LiveRoute {
     pub route: Route,
+    /// The route's service, shared with the requests it takes.
+    pub service: Arc<str>,
     pub replicas: Vec<LiveReplica>,
     pub traffic: Arc<Traffic>,
     cursor: AtomicUsize,
@@ -83,7 +85,7 @@ impl Counters {
                         entry.connections.activate();
                     }
                     LiveReplica {
-                        run: run.clone(),
+                        run: Arc::from(run.as_str()),
                         addr: *addr,
                         outstanding: entry.outstanding.clone(),
                         connections: entry.connections.clone(),
@@ -92,6 +94,7 @@ impl Counters {
                 .collect();
             routes.push(LiveRoute {
                 route: route.clone(),
+                service: Arc::from(route.service.as_str()),
                 replicas,
                 traffic,
                 cursor: AtomicUsize::new(0),
@@ -217,7 +220,7 @@ mod tests {
         let (first, _g1) = pick(route, &[]).unwrap();
         let (second, _g2) = pick(route, &[]).unwrap();
         let (third, _g3) = pick(route, &[]).unwrap();
-        let mut runs = vec![first.run.clone(), second.run.clone(), third.run.clone()];
+        let mut runs = vec![&*first.run, &*second.run, &*third.run];
         runs.sort();
         assert_eq!(runs, ["a", "b", "c"], "each busy replica is avoided");
         let snapshot = counters.snapshot();
@@ -230,10 +233,10 @@ mod tests {
         let live = live_of(&counters, &["a", "b"]);
         let route = &live.routes[0];
         let (busy, _held) = pick(route, &[]).unwrap();
-        let busy = busy.run.clone();
+        let busy = busy.run.to_string();
         for _ in 0..10 {
             let (replica, guard) = pick(route, &[]).unwrap();
-            assert_ne!(replica.run, busy);
+            assert_ne!(*replica.run, *busy);
             drop(guard);
         }
         assert_eq!(counters.snapshot()[&busy], 1);
@@ -257,7 +260,7 @@ mod tests {
         let route = &live.routes[0];
         let a = route.replicas[0].addr;
         for _ in 0..4 {
-            assert_eq!(pick(route, &[a]).unwrap().0.run, "b");
+            assert_eq!(&*pick(route, &[a]).unwrap().0.run, "b");
         }
         assert!(pick(route, &[a, route.replicas[1].addr]).is_none());
     }

@@ -238,8 +238,14 @@ impl Gateway {
             })));
             tokio::spawn(async move {
                 let connection_slot = slot.clone();
+                let peer = Arc::new(proxy::Peer::new(client));
                 let service = service_fn(move |request| {
-                    proxy::handle(gateway.clone(), client, request, connection_slot.clone())
+                    proxy::handle(
+                        gateway.clone(),
+                        peer.clone(),
+                        request,
+                        connection_slot.clone(),
+                    )
                 });
                 let connection = http1::Builder::new()
                     .timer(TokioTimer::new())
