@@ -1,20 +1,24 @@
-//! Load balancing by least outstanding requests, with per-replica in-flight counters that
-//! outlive route-table swaps (a replica leaving the table still drains its requests).
+//! Load balancing by least outstanding requests, with per-replica in-flight counters and kept
+//! connections that outlive route-table swaps (a replica leaving the table still drains its
+//! requests, and keeps no idle connections from then on).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::pool::{Connections, Limits};
 use crate::stats::Traffic;
 use crate::{Replica, Route, RouteTable};
 
-/// One replica as the request path sees it: its address and its shared in-flight counter.
+/// One replica as the request path sees it: its address, its shared in-flight counter and its
+/// kept connections.
 #[derive(Debug)]
 pub(crate) struct LiveReplica {
-    pub run: String,
+    pub run: Arc<str>,
     pub addr: SocketAddr,
     outstanding: Arc<AtomicUsize>,
+    pub connections: Arc<Connections>,
 }
 
 /// A route with live replicas, its traffic counters and a round-robin cursor for breaking
@@ -22,6 +26,8 @@ pub(crate) struct LiveReplica {
 #[derive(Debug)]
 pub(crate) struct LiveRoute {
     pub route: Route,
+    /// The route's service, shared with the requests it takes.
+    pub service: Arc<str>,
     pub replicas: Vec<LiveReplica>,
     pub traffic: Arc<Traffic>,
     cursor: AtomicUsize,
@@ -35,17 +41,33 @@ pub(crate) struct LiveTable {
     pub plain: Vec<Route>,
 }
 
-/// Counts requests in flight per run id. The mutex is taken on table updates and reports
-/// only; requests touch just the atomics they were handed.
-#[derive(Debug, Default)]
+/// What one run keeps across table swaps.
+#[derive(Debug)]
+struct RunEntry {
+    outstanding: Arc<AtomicUsize>,
+    connections: Arc<Connections>,
+}
+
+/// Counts requests in flight and keeps idle connections per run id. The mutex is taken on
+/// table updates, reports and idle sweeps only; requests touch just what they were handed.
+#[derive(Debug)]
 pub(crate) struct Counters {
-    by_run: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    limits: Limits,
+    by_run: Mutex<HashMap<String, RunEntry>>,
 }
 
 impl Counters {
-    /// Builds the live form of `table`, reusing the counters of runs already known and
-    /// forgetting idle runs that left the table. `traffic` holds each route's counters, in
-    /// the table's order.
+    pub fn new(limits: Limits) -> Counters {
+        Counters {
+            limits,
+            by_run: Mutex::default(),
+        }
+    }
+
+    /// Builds the live form of `table`, reusing the counters and connections of runs already
+    /// known, dropping the idle connections of runs that left the table, and forgetting those
+    /// runs once they have no request in flight. `traffic` holds each route's counters, in the
+    /// table's order.
     pub fn live_table(&self, table: RouteTable, traffic: Vec<Arc<Traffic>>) -> LiveTable {
         let mut by_run = self.by_run.lock().unwrap_or_else(|p| p.into_inner());
         let mut wanted = std::collections::HashSet::new();
@@ -55,23 +77,37 @@ impl Counters {
                 .replicas
                 .iter()
                 .map(|Replica { run, addr }| {
-                    wanted.insert(run.clone());
-                    let outstanding = by_run.entry(run.clone()).or_default().clone();
+                    let entry = by_run.entry(run.clone()).or_insert_with(|| RunEntry {
+                        outstanding: Arc::default(),
+                        connections: Arc::new(Connections::new(self.limits)),
+                    });
+                    if wanted.insert(run.clone()) {
+                        entry.connections.activate();
+                    }
                     LiveReplica {
-                        run: run.clone(),
+                        run: Arc::from(run.as_str()),
                         addr: *addr,
-                        outstanding,
+                        outstanding: entry.outstanding.clone(),
+                        connections: entry.connections.clone(),
                     }
                 })
                 .collect();
             routes.push(LiveRoute {
                 route: route.clone(),
+                service: Arc::from(route.service.as_str()),
                 replicas,
                 traffic,
                 cursor: AtomicUsize::new(0),
             });
         }
-        by_run.retain(|run, count| wanted.contains(run) || count.load(Ordering::Relaxed) > 0);
+        for (run, entry) in by_run.iter() {
+            if !wanted.contains(run) {
+                entry.connections.retire();
+            }
+        }
+        by_run.retain(|run, entry| {
+            wanted.contains(run) || entry.outstanding.load(Ordering::Relaxed) > 0
+        });
         LiveTable {
             routes,
             plain: table.routes,
@@ -82,8 +118,16 @@ impl Counters {
         let by_run = self.by_run.lock().unwrap_or_else(|p| p.into_inner());
         by_run
             .iter()
-            .map(|(run, count)| (run.clone(), count.load(Ordering::Relaxed)))
+            .map(|(run, entry)| (run.clone(), entry.outstanding.load(Ordering::Relaxed)))
             .collect()
+    }
+
+    /// Closes every replica's idle connections older than the idle timeout.
+    pub fn expire_idle(&self, now: std::time::Instant) {
+        let by_run = self.by_run.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in by_run.values() {
+            entry.connections.expire(now);
+        }
     }
 }
 
@@ -157,19 +201,26 @@ mod tests {
         }
     }
 
+    fn counters() -> Counters {
+        Counters::new(Limits {
+            max_idle: 4,
+            idle_timeout: Duration::from_secs(1),
+        })
+    }
+
     fn live_of(counters: &Counters, runs: &[&str]) -> LiveTable {
         counters.live_table(table(runs), vec![Arc::default()])
     }
 
     #[test]
     fn least_outstanding_replica_is_chosen() {
-        let counters = Counters::default();
+        let counters = counters();
         let live = live_of(&counters, &["a", "b", "c"]);
         let route = &live.routes[0];
         let (first, _g1) = pick(route, &[]).unwrap();
         let (second, _g2) = pick(route, &[]).unwrap();
         let (third, _g3) = pick(route, &[]).unwrap();
-        let mut runs = vec![first.run.clone(), second.run.clone(), third.run.clone()];
+        let mut runs = vec![&*first.run, &*second.run, &*third.run];
         runs.sort();
         assert_eq!(runs, ["a", "b", "c"], "each busy replica is avoided");
         let snapshot = counters.snapshot();
@@ -178,14 +229,14 @@ mod tests {
 
     #[test]
     fn finished_requests_free_their_replica() {
-        let counters = Counters::default();
+        let counters = counters();
         let live = live_of(&counters, &["a", "b"]);
         let route = &live.routes[0];
         let (busy, _held) = pick(route, &[]).unwrap();
-        let busy = busy.run.clone();
+        let busy = busy.run.to_string();
         for _ in 0..10 {
             let (replica, guard) = pick(route, &[]).unwrap();
-            assert_ne!(replica.run, busy);
+            assert_ne!(*replica.run, *busy);
             drop(guard);
         }
         assert_eq!(counters.snapshot()[&busy], 1);
@@ -193,7 +244,7 @@ mod tests {
 
     #[test]
     fn idle_replicas_are_used_in_turn() {
-        let counters = Counters::default();
+        let counters = counters();
         let live = live_of(&counters, &["a", "b"]);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..4 {
@@ -204,19 +255,19 @@ mod tests {
 
     #[test]
     fn tried_addresses_are_skipped() {
-        let counters = Counters::default();
+        let counters = counters();
         let live = live_of(&counters, &["a", "b"]);
         let route = &live.routes[0];
         let a = route.replicas[0].addr;
         for _ in 0..4 {
-            assert_eq!(pick(route, &[a]).unwrap().0.run, "b");
+            assert_eq!(&*pick(route, &[a]).unwrap().0.run, "b");
         }
         assert!(pick(route, &[a, route.replicas[1].addr]).is_none());
     }
 
     #[test]
     fn counters_survive_updates_while_requests_drain() {
-        let counters = Counters::default();
+        let counters = counters();
         let live = live_of(&counters, &["a"]);
         let (_, guard) = pick(&live.routes[0], &[]).unwrap();
         let _next = live_of(&counters, &["b"]);

@@ -13,7 +13,7 @@ use hyper::body::{Bytes, Frame, Incoming, SizeHint};
 use hyper::Request;
 
 use crate::access::{AccessLog, AccessRecord};
-use crate::proxy::{request_host, Body, BoxError};
+use crate::proxy::{Body, BoxError};
 use crate::stats::{Counted, Traffic};
 use crate::Gateway;
 
@@ -21,15 +21,13 @@ use crate::Gateway;
 /// hands its access log record to the writer.
 pub(crate) struct Exchange {
     started: Instant,
-    arrived: SystemTime,
     client: SocketAddr,
-    method: String,
-    host: String,
-    path: String,
+    /// What only the access log needs; `None` without one.
+    logged: Option<Logged>,
     unrouted: Arc<Traffic>,
     access_log: Option<AccessLog>,
-    route: Option<(String, Counted)>,
-    pub run: Option<String>,
+    route: Option<(Arc<str>, Counted)>,
+    pub run: Option<Arc<str>>,
     pub status: u16,
     pub error: Option<&'static str>,
     /// Shared with the request body on its way to the replica, which counts into it.
@@ -37,18 +35,35 @@ pub(crate) struct Exchange {
     pub bytes_out: u64,
 }
 
+/// The request as the access log tells it, taken when it arrives.
+struct Logged {
+    arrived: SystemTime,
+    method: String,
+    host: String,
+    path: String,
+}
+
 impl Exchange {
-    /// Starts the clock on `request`, which arrived from `client`.
-    pub fn new(gateway: &Gateway, client: SocketAddr, request: &Request<Incoming>) -> Exchange {
+    /// Starts the clock on `request`, which arrived from `client` naming `host`.
+    pub fn new(
+        gateway: &Gateway,
+        client: SocketAddr,
+        request: &Request<Incoming>,
+        host: &str,
+    ) -> Exchange {
+        let access_log = gateway.settings.access_log.clone();
+        let logged = access_log.as_ref().map(|_| Logged {
+            arrived: SystemTime::now(),
+            method: request.method().to_string(),
+            host: host.to_string(),
+            path: request.uri().path().to_string(),
+        });
         Exchange {
             started: Instant::now(),
-            arrived: SystemTime::now(),
             client,
-            method: request.method().to_string(),
-            host: request_host(request),
-            path: request.uri().path().to_string(),
+            logged,
             unrouted: gateway.stats.unrouted.clone(),
-            access_log: gateway.settings.access_log.clone(),
+            access_log,
             route: None,
             run: None,
             status: 0,
@@ -59,9 +74,9 @@ impl Exchange {
     }
 
     /// The request matched `service`'s route: it counts there, in flight from now on.
-    pub fn route(&mut self, service: &str, traffic: &Arc<Traffic>) {
+    pub fn route(&mut self, service: &Arc<str>, traffic: &Arc<Traffic>) {
         if self.route.is_none() {
-            self.route = Some((service.to_string(), traffic.begin()));
+            self.route = Some((service.clone(), traffic.begin()));
         }
     }
 }
@@ -75,13 +90,13 @@ impl Drop for Exchange {
             None => &self.unrouted,
         };
         traffic.record(self.status, self.error, bytes_in, self.bytes_out, took);
-        if let Some(log) = &self.access_log {
+        if let (Some(log), Some(logged)) = (&self.access_log, self.logged.take()) {
             log.record(AccessRecord {
-                time: self.arrived,
+                time: logged.arrived,
                 client: self.client,
-                method: std::mem::take(&mut self.method),
-                host: std::mem::take(&mut self.host),
-                path: std::mem::take(&mut self.path),
+                method: logged.method,
+                host: logged.host,
+                path: logged.path,
                 status: self.status,
                 bytes_out: self.bytes_out,
                 duration: took,

@@ -1,23 +1,24 @@
 //! The gateway: the box's LAN-facing reverse proxy (`0.0.0.0:8080` by default). It owns the
 //! listener, the route table (host + longest path prefix → a service's ready replicas), load
-//! balancing by least outstanding requests, holding requests while no replica is ready,
-//! retrying requests that never reached a replica, API keys on routes, protocol upgrades
-//! (WebSocket) as tunnels, per-route counters and latency histograms ([`Gateway::report`]),
-//! access log records, and the JSON error answers. It never knows about jobs, processes, the
-//! store or the orchestrator: the binary hands it route-table snapshots through
-//! [`Gateway::update`]. It never writes files either: access log records leave through a
-//! bounded channel ([`AccessLog`]) whose other end the binary writes to disk.
+//! balancing by least outstanding requests, kept upstream connections per replica, holding
+//! requests while no replica is ready, retrying requests that never reached a replica, API
+//! keys on routes, protocol upgrades (WebSocket) as tunnels, per-route counters and latency
+//! histograms ([`Gateway::report`]), access log records, and the JSON error answers. It never
+//! knows about jobs, processes, the store or the orchestrator: the binary hands it route-table
+//! snapshots through [`Gateway::update`]. It never writes files either: access log records
+//! leave through a bounded channel ([`AccessLog`]) whose other end the binary writes to disk.
 //!
 //! The server side is hyper's `http1` connection per accepted socket, which gives the header
 //! read timeout and the header buffer bound directly. The client side is hand-rolled
-//! `hyper::client::conn::http1`, one upstream connection per request: the gateway must know
-//! whether a request reached a replica (connect failed: the body is still ours and any
-//! method can go to another replica; connected: only bodiless idempotent requests may be
-//! sent again), and a pooled client hides exactly that. Replicas are on loopback or the LAN,
-//! so a fresh connection costs little next to a model's answer.
+//! `hyper::client::conn::http1` with a pool of its own (`pool.rs`): each replica keeps a few
+//! idle connections for later requests, and the gateway still knows whether a request reached
+//! a replica (not sent: the body is still ours and any method can go to another connection or
+//! replica; sent: only bodiless idempotent requests may be sent again), which a general-purpose
+//! pooled client hides. Requests go out with `try_send_request`, so a kept connection that the
+//! replica closed while it sat idle hands the request back unsent.
 //!
-//! Not done yet: HTTP/2, upstream response timeouts (model answers may stream for minutes),
-//! and connection pooling.
+//! Not done yet: HTTP/2 and upstream response timeouts (model answers may stream for
+//! minutes).
 
 mod access;
 mod auth;
@@ -25,6 +26,7 @@ mod balance;
 mod error;
 mod exchange;
 mod hold;
+mod pool;
 mod proxy;
 mod route;
 mod stats;
@@ -97,6 +99,13 @@ pub struct Settings {
     pub max_held_requests: usize,
     /// Where each finished request's record goes; `None`: no access log.
     pub access_log: Option<AccessLog>,
+    /// Idle upstream connections kept per replica for later requests; 0: a new connection
+    /// for every request.
+    pub upstream_idle_per_replica: usize,
+    /// An upstream connection idle this long is closed rather than reused. It has to stay
+    /// under the keep-alive timeout of the servers replicas run, so that a replica does not
+    /// close a connection just as a request goes out on it (see the default).
+    pub upstream_idle_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -107,6 +116,14 @@ impl Default for Settings {
             max_connections: 4096,
             max_held_requests: 1024,
             access_log: None,
+            // Enough for every request a replica has in flight under heavy load to find a
+            // connection; a burst beyond it is served by new connections that are then closed.
+            upstream_idle_per_replica: 128,
+            // Under the shortest keep-alive timeout common among the servers a model replica
+            // runs: gunicorn 2 s; uvicorn, hypercorn, Node.js and llama.cpp's server 5 s. A busy
+            // replica reuses its connections within milliseconds, so this costs one new
+            // connection after a second of silence and nothing under load.
+            upstream_idle_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -117,6 +134,8 @@ pub struct Gateway {
     settings: Settings,
     table: ArcSwap<balance::LiveTable>,
     counters: balance::Counters,
+    /// How upstream connections are opened (their read buffer).
+    client: hyper::client::conn::http1::Builder,
     holds: hold::Holds,
     stats: stats::Registry,
     open_connections: Arc<AtomicUsize>,
@@ -125,10 +144,15 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(settings: Settings) -> Arc<Gateway> {
         let holds = hold::Holds::new(settings.max_held_requests);
+        let limits = pool::Limits {
+            max_idle: settings.upstream_idle_per_replica,
+            idle_timeout: settings.upstream_idle_timeout,
+        };
         Arc::new(Gateway {
             settings,
             table: ArcSwap::from_pointee(balance::LiveTable::default()),
-            counters: balance::Counters::default(),
+            counters: balance::Counters::new(limits),
+            client: proxy::upstream_client(),
             holds,
             stats: stats::Registry::default(),
             open_connections: Arc::default(),
@@ -179,6 +203,7 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send,
     ) {
         tokio::pin!(shutdown);
+        let sweeper = tokio::spawn(sweep_idle_connections(Arc::downgrade(&self)));
         let permits = Arc::new(tokio::sync::Semaphore::new(self.settings.max_connections));
         let (stop_connections, connections_stopped) = tokio::sync::watch::channel(false);
         loop {
@@ -213,8 +238,14 @@ impl Gateway {
             })));
             tokio::spawn(async move {
                 let connection_slot = slot.clone();
+                let peer = Arc::new(proxy::Peer::new(client));
                 let service = service_fn(move |request| {
-                    proxy::handle(gateway.clone(), client, request, connection_slot.clone())
+                    proxy::handle(
+                        gateway.clone(),
+                        peer.clone(),
+                        request,
+                        connection_slot.clone(),
+                    )
                 });
                 let connection = http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -237,6 +268,27 @@ impl Gateway {
             });
         }
         let _ = stop_connections.send(true);
+        sweeper.abort();
+    }
+}
+
+/// Closes idle upstream connections once they are too old to reuse, so that a replica is not
+/// left holding them after traffic stops (a Python server may spend a thread on each).
+async fn sweep_idle_connections(gateway: std::sync::Weak<Gateway>) {
+    let period = match gateway.upgrade() {
+        Some(gateway) if gateway.settings.upstream_idle_per_replica > 0 => {
+            gateway.settings.upstream_idle_timeout
+        }
+        _ => return,
+    };
+    let mut ticks = tokio::time::interval(period.max(Duration::from_millis(100)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(gateway) = gateway.upgrade() else {
+            return;
+        };
+        gateway.counters.expire_idle(std::time::Instant::now());
     }
 }
 

@@ -5,20 +5,21 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body as _, Bytes, Incoming};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, UPGRADE};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, TE, TRAILER, TRANSFER_ENCODING,
+    UPGRADE,
+};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::auth::{self, Refusal};
 use crate::balance::{self, InFlight, LiveRoute, LiveTable};
 use crate::exchange::{self, Exchange, Tracked};
 use crate::hold::HeldSlot;
+use crate::pool;
 use crate::route;
 use crate::upgrade::{self, Tunnel};
 use crate::{ConnectionSlot, Error, Gateway};
@@ -26,9 +27,6 @@ use crate::{ConnectionSlot, Error, Gateway};
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body the gateway sends: a replica's streamed body or one of its own JSON answers.
 pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
-
-/// A replica that does not accept a connection by then counts as unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Hyper's read buffer while it parses a header. It is twice the header limit so that a
 /// header a little over the limit still parses and gets our JSON 431; a much larger one hits
@@ -47,16 +45,35 @@ pub(crate) enum Forwarded {
     },
 }
 
+/// The client at the other end of a connection, with what every request of it forwards
+/// worked out once per connection.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub addr: SocketAddr,
+    /// The client's IP address as an `X-Forwarded-For` entry.
+    ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        let ip = HeaderValue::from_str(&addr.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Peer { addr, ip }
+    }
+}
+
 pub(crate) async fn handle(
     gateway: Arc<Gateway>,
-    client: SocketAddr,
+    peer: Arc<Peer>,
     request: Request<Incoming>,
     connection: ConnectionSlot,
 ) -> Result<Response<Body>, Infallible> {
+    let client = peer.addr;
+    let raw_host = request_host(&request);
+    let mut exchange = Exchange::new(&gateway, client, &request, &raw_host);
     let method = request.method().clone();
     let uri = request.uri().clone();
-    let mut exchange = Exchange::new(&gateway, client, &request);
-    match forward(&gateway, client, request, &mut exchange).await {
+    match forward(&gateway, &peer, request, raw_host, &mut exchange).await {
         Ok(Forwarded::Response(response)) => {
             exchange.status = response.status().as_u16();
             Ok(response.map(|body| Tracked::new(body, exchange).boxed_unsync()))
@@ -91,13 +108,26 @@ pub(crate) fn request_host(request: &Request<Incoming>) -> String {
 
 /// Request line plus header lines, as the client sent them (give or take whitespace).
 fn header_bytes(request: &Request<Incoming>) -> usize {
-    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let line = request.method().as_str().len() + target_bytes(request.uri()) + 12;
     let fields: usize = request
         .headers()
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
     line + fields
+}
+
+/// The length of a request target as sent: `/path?query`, or `scheme://authority/path?query`.
+fn target_bytes(uri: &Uri) -> usize {
+    let path_and_query = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    match uri.authority() {
+        Some(authority) => {
+            uri.scheme_str().map_or(0, |scheme| scheme.len() + 3)
+                + authority.as_str().len()
+                + path_and_query
+        }
+        None => path_and_query.max(1),
+    }
 }
 
 /// The protocol a request asks to switch to, when it asks properly (`Connection: upgrade` and
@@ -119,8 +149,9 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 
 async fn forward(
     gateway: &Gateway,
-    client: SocketAddr,
+    peer: &Peer,
     mut request: Request<Incoming>,
+    raw_host: String,
     exchange: &mut Exchange,
 ) -> Result<Forwarded, Error> {
     let size = header_bytes(&request);
@@ -132,17 +163,17 @@ async fn forward(
     }
     let upgrade = upgrade_protocol(request.headers());
     let mut client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
-    let raw_host = request_host(&request);
     let host = route::normalize_host(&raw_host);
-    let path = request.uri().path().to_string();
+    let uri = request.uri().clone();
+    let path = uri.path();
     // Keys and a declared length over the limit are checked before anything waits or connects.
     let mut consumed_authorization = false;
     {
         let table = gateway.table.load();
-        if let Some(index) = route::find(&table.plain, &host, &path) {
+        if let Some(index) = route::find(&table.plain, &host, path) {
             let live = &table.routes[index];
             let route = &live.route;
-            exchange.route(&route.service, &live.traffic);
+            exchange.route(&live.service, &live.traffic);
             if !route.api_keys.is_empty() {
                 auth::check(request.headers(), &route.api_keys).map_err(|refusal| {
                     Error::Unauthorized {
@@ -162,14 +193,24 @@ async fn forward(
         }
     }
     let mut hold = Hold::default();
-    let (mut table, mut index) = wait_for_replica(gateway, &host, &path, &[], &mut hold).await?;
+    let (mut table, mut index) = wait_for_replica(gateway, &host, path, &[], &mut hold).await?;
 
     let (parts, body) = request.into_parts();
-    let body = exchange::count_into(
-        body.map_err(BoxError::from).boxed_unsync(),
-        exchange.bytes_in.clone(),
+    // Only a bodiless idempotent request can be sent twice: the body of any other request
+    // has been streamed into the first replica and is gone.
+    let replayable = body.is_end_stream() && is_idempotent(&parts.method);
+    let mut body = (!replayable).then(|| {
+        exchange::count_into(
+            body.map_err(BoxError::from).boxed_unsync(),
+            exchange.bytes_in.clone(),
+        )
+    });
+    let mut headers = parts.headers;
+    forwarding_headers(
+        &mut headers,
+        &peer.ip,
+        (!raw_host.is_empty()).then_some(&raw_host),
     );
-    let mut headers = upstream_headers(&parts.headers, client, &raw_host);
     if consumed_authorization {
         // The key was for the gateway; the replica has no use for it and should not see it.
         headers.remove(AUTHORIZATION);
@@ -178,29 +219,38 @@ async fn forward(
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(UPGRADE, protocol.clone());
     }
-    let target: Uri = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/")
-        .parse()
-        .unwrap_or_else(|_| Uri::from_static("/"));
-    // Only a bodiless idempotent request can be sent twice: the body of any other request
-    // has been streamed into the first replica and is gone.
-    let replayable = body.is_end_stream() && is_idempotent(&parts.method);
-    let mut body = Some(body);
-    let build = |body: Body| {
+    // Origin form (`/path?query`), as the client sent it unless it sent the absolute form.
+    let target = match uri.authority() {
+        None if uri.path_and_query().is_some() => uri.clone(),
+        _ => uri
+            .path_and_query()
+            .cloned()
+            .map_or_else(|| Uri::from_static("/"), Uri::from),
+    };
+    // A replayable request keeps its headers for a second try; any other request is built
+    // once (when it comes back unsent, it comes back whole).
+    let mut headers = Some(headers);
+    let mut build = |body: Body| {
         let mut upstream = Request::new(body);
         *upstream.method_mut() = parts.method.clone();
         *upstream.uri_mut() = target.clone();
         *upstream.version_mut() = Version::HTTP_11;
-        *upstream.headers_mut() = headers.clone();
+        *upstream.headers_mut() = if replayable {
+            headers.clone().unwrap_or_default()
+        } else {
+            headers.take().unwrap_or_default()
+        };
         upstream
     };
 
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut unreachable: Vec<String> = Vec::new();
     let mut replayed = false;
+    // A request that no replica took yet (every connection refused or closed before it was
+    // written) goes out again as it is, body included.
+    let mut unsent: Option<Request<Body>> = None;
+    // After a kept connection failed under a request, its replay takes a new connection.
+    let mut reuse = true;
     loop {
         let route = &table.routes[index];
         let Some((replica, in_flight)) = balance::pick(route, &tried) else {
@@ -208,7 +258,7 @@ async fn forward(
             // killed and the table does not know yet): wait, within the route's hold, for the
             // table to bring one not tried yet, such as the replacement.
             let service = route.route.service.clone();
-            match wait_for_replica(gateway, &host, &path, &tried, &mut hold).await {
+            match wait_for_replica(gateway, &host, path, &tried, &mut hold).await {
                 Ok((newer, newer_index)) => {
                     (table, index) = (newer, newer_index);
                     continue;
@@ -223,40 +273,39 @@ async fn forward(
             }
         };
         tried.push(replica.addr);
-        let mut sender = match connect(replica.addr).await {
-            Ok(sender) => sender,
-            Err(detail) => {
-                tracing::warn!(service = %route.route.service, run = %replica.run,
-                    addr = %replica.addr, %detail, "replica unreachable, trying another");
-                unreachable.push(format!("{} at {}: {detail}", replica.run, replica.addr));
-                continue;
-            }
+        let outgoing = match (unsent.take(), body.take()) {
+            (Some(request), _) => request,
+            // A body without a declared length is cut off at the limit: the replica sees the
+            // request fail rather than an endless upload.
+            (None, Some(body)) => build(
+                http_body_util::Limited::new(body, route.route.max_body as usize).boxed_unsync(),
+            ),
+            // A replayable request, or (unreachable) a request whose body went out already.
+            (None, None) => build(Empty::new().map_err(|never| match never {}).boxed_unsync()),
         };
-        let upstream_body = if replayable {
-            Empty::new().map_err(|never| match never {}).boxed_unsync()
-        } else {
-            match body.take() {
-                // A body without a declared length is cut off at the limit: the replica sees
-                // the request fail rather than an endless upload.
-                Some(body) => {
-                    http_body_util::Limited::new(body, route.route.max_body as usize).boxed_unsync()
-                }
-                // Unreachable: a non-replayable request returns after its first connection.
-                None => Empty::new().map_err(|never| match never {}).boxed_unsync(),
-            }
-        };
-        match sender.send_request(build(upstream_body)).await {
-            Ok(response) => {
+        let sent = pool::send(
+            &replica.connections,
+            replica.addr,
+            &gateway.client,
+            outgoing,
+            reuse,
+        )
+        .await;
+        match sent {
+            pool::Outcome::Answered { response, lease } => {
                 exchange.run = Some(replica.run.clone());
                 if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    // A connection that carried an upgrade offer is not reused, whatever the
+                    // answer: it is nobody's plain HTTP/1.1 connection any more.
+                    let lease = upgrade.is_none().then_some(lease);
                     return Ok(Forwarded::Response(downstream_response(
-                        response, in_flight,
+                        response, in_flight, lease,
                     )));
                 }
                 let Some(client_side) = client_upgrade.take() else {
                     return Err(Error::UpstreamFailed {
                         service: route.route.service.clone(),
-                        run: replica.run.clone(),
+                        run: replica.run.to_string(),
                         detail: "answered 101 Switching Protocols to a request that asked for \
                                  no upgrade"
                             .to_string(),
@@ -264,15 +313,28 @@ async fn forward(
                 };
                 return Ok(upgrade::switch(response, client_side, in_flight));
             }
-            Err(error) => {
+            pool::Outcome::NotSent { request, detail } => {
+                tracing::warn!(service = %route.route.service, run = %replica.run,
+                    addr = %replica.addr, %detail, "replica unreachable, trying another");
+                unreachable.push(format!("{} at {}: {detail}", replica.run, replica.addr));
+                unsent = Some(request);
+                continue;
+            }
+            pool::Outcome::Failed { error, reused } => {
                 let failure = Error::UpstreamFailed {
                     service: route.route.service.clone(),
-                    run: replica.run.clone(),
+                    run: replica.run.to_string(),
                     detail: error.to_string(),
                 };
                 if replayable && !replayed {
                     tracing::warn!(%failure, "replaying an idempotent request on another replica");
                     replayed = true;
+                    if reused {
+                        // Most likely the replica closed the kept connection as the request
+                        // went out: it may take the replay too, on a new connection.
+                        tried.pop();
+                        reuse = false;
+                    }
                     continue;
                 }
                 return Err(failure);
@@ -356,100 +418,150 @@ async fn wait_for_replica(
     }
 }
 
-async fn connect(
-    addr: SocketAddr,
-) -> Result<hyper::client::conn::http1::SendRequest<Body>, String> {
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => return Err(error.to_string()),
-        Err(_) => return Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
-    };
-    let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|error| error.to_string())?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.with_upgrades().await {
-            tracing::debug!(%addr, %error, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+/// How upstream connections are opened. The read buffer is hyper's adaptive one (8 KiB,
+/// doubling while reads fill it, up to about 400 KiB): on a 1 MiB chunked stream, exact sizes
+/// of 16 KiB (worse), 64, 128 and 256 KiB and a 1 MiB ceiling did not beat it beyond the noise
+/// of the benchmark (docs/benchmarks.md). A kept connection keeps its grown buffer, which was
+/// the cost of a new connection per stream.
+pub(crate) fn upstream_client() -> hyper::client::conn::http1::Builder {
+    hyper::client::conn::http1::Builder::new()
 }
 
 /// The replica's response with hop-by-hop headers removed; the in-flight count lasts until
-/// its body is finished or dropped.
-fn downstream_response(response: Response<Incoming>, in_flight: InFlight) -> Response<Body> {
+/// its body is finished or dropped, and the connection is kept only if the body was read to
+/// its end.
+fn downstream_response(
+    response: Response<Incoming>,
+    in_flight: InFlight,
+    lease: Option<pool::Lease>,
+) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let body = body
-        .map_frame(move |frame| {
-            let _counted = &in_flight;
-            frame
-        })
-        .map_err(BoxError::from)
-        .boxed_unsync();
-    Response::from_parts(parts, body)
+    let body = ReplicaBody {
+        inner: body,
+        lease,
+        ended: false,
+        failed: false,
+        _in_flight: in_flight,
+    };
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// A replica's response body on its way to the client. When it is dropped, its connection goes
+/// back to the replica's idle connections if the body ended cleanly, and is closed otherwise
+/// (the client went away first, or the replica failed mid-body).
+struct ReplicaBody {
+    inner: Incoming,
+    lease: Option<pool::Lease>,
+    ended: bool,
+    failed: bool,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for ReplicaBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(None) => self.ended = true,
+            std::task::Poll::Ready(Some(Err(_))) => self.failed = true,
+            _ => {}
+        }
+        polled.map(|frame| frame.map(|frame| frame.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ReplicaBody {
+    fn drop(&mut self) {
+        // A body with a length is done once it has it all; hyper then stops polling it.
+        let complete = self.ended || self.inner.is_end_stream();
+        if let Some(lease) = self.lease.take() {
+            if complete && !self.failed {
+                lease.give_back();
+            }
+        }
+    }
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 6] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
 ];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(hyper::header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    let proxy: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for name in proxy {
-        headers.remove(name);
+    let is_proxy = |name: &HeaderName| name.as_str().starts_with("proxy-");
+    if headers.keys().any(is_proxy) {
+        let proxy: Vec<HeaderName> = headers.keys().filter(|n| is_proxy(n)).cloned().collect();
+        for name in proxy {
+            headers.remove(name);
+        }
     }
 }
 
-/// The client's headers as the replica should see them: hop-by-hop ones gone, the client's
-/// address appended to `X-Forwarded-For`, and the original host and scheme recorded.
-pub(crate) fn upstream_headers(headers: &HeaderMap, client: SocketAddr, host: &str) -> HeaderMap {
-    let mut headers = headers.clone();
-    strip_hop_by_hop(&mut headers);
-    let client_ip = client.ip().to_string();
-    let forwarded_for = match headers
-        .get_all("x-forwarded-for")
+/// Turns the client's headers into what the replica should see: hop-by-hop ones gone, the
+/// client's address (`client_ip`) appended to `X-Forwarded-For`, and the original host and
+/// scheme recorded.
+pub(crate) fn forwarding_headers(
+    headers: &mut HeaderMap,
+    client_ip: &HeaderValue,
+    host: Option<&str>,
+) {
+    strip_hop_by_hop(headers);
+    // Collecting nothing allocates nothing: most requests come without an X-Forwarded-For.
+    let earlier: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .collect::<Vec<_>>()
-    {
-        earlier if earlier.is_empty() => client_ip,
-        earlier => format!("{}, {client_ip}", earlier.join(", ")),
+        .collect();
+    let forwarded_for = if earlier.is_empty() {
+        Some(client_ip.clone())
+    } else {
+        let ip = client_ip.to_str().unwrap_or_default();
+        HeaderValue::from_str(&format!("{}, {ip}", earlier.join(", "))).ok()
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
+    if let Some(value) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR, value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if let Ok(value) = HeaderValue::from_str(host) {
-        if !host.is_empty() {
-            headers.insert("x-forwarded-host", value);
-        }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let Some(value) = host.and_then(|host| HeaderValue::from_str(host).ok()) {
+        headers.insert(X_FORWARDED_HOST, value);
     }
-    headers
 }
 
 #[cfg(test)]
@@ -478,18 +590,29 @@ mod tests {
 
     #[test]
     fn forwarded_headers_are_set_and_appended() {
-        let client: SocketAddr = "10.0.0.7:5555".parse().unwrap();
+        let peer = Peer::new("10.0.0.7:5555".parse().unwrap());
         let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        headers.append("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        headers.append("x-forwarded-for", HeaderValue::from_static("5.6.7.8"));
         headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        let out = upstream_headers(&headers, client, "Chat.lan:8080");
-        assert_eq!(out["x-forwarded-for"], "1.2.3.4, 10.0.0.7");
-        assert_eq!(out["x-forwarded-proto"], "http");
-        assert_eq!(out["x-forwarded-host"], "Chat.lan:8080");
+        forwarding_headers(&mut headers, &peer.ip, Some("Chat.lan:8080"));
+        assert_eq!(headers["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.0.0.7");
+        assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], "Chat.lan:8080");
 
-        let out = upstream_headers(&HeaderMap::new(), client, "");
-        assert_eq!(out["x-forwarded-for"], "10.0.0.7");
-        assert!(out.get("x-forwarded-host").is_none());
+        let mut headers = HeaderMap::new();
+        forwarding_headers(&mut headers, &peer.ip, None);
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.7");
+        assert!(headers.get("x-forwarded-host").is_none());
+    }
+
+    #[test]
+    fn request_targets_count_as_sent() {
+        let bytes = |target: &str| target_bytes(&target.parse().unwrap());
+        for target in ["/", "/path?q=1", "http://chat.lan:8080/path?q=1", "*"] {
+            assert_eq!(bytes(target), target.len(), "{target}");
+        }
     }
 
     #[test]

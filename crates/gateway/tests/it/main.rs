@@ -1,6 +1,7 @@
 //! The gateway against real hyper upstreams on loopback, with reqwest and raw sockets as
 //! clients. Waits poll a condition with a deadline; nothing asserts speed.
 
+mod pool;
 mod websocket;
 
 use std::convert::Infallible;
@@ -119,14 +120,19 @@ async fn dead() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-/// An upstream that accepts connections and closes them without a byte.
+/// An upstream that reads a request and closes the connection without a byte of answer. It
+/// reads first so that the request surely reached it: a connection closed before the request
+/// was written gives the request back to the gateway, which may then send it anywhere.
 async fn resetting() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            drop(stream);
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+            });
         }
     });
     addr

@@ -1,0 +1,477 @@
+//! Kept upstream connections: each replica has a small stack of idle HTTP/1.1 connections that
+//! later requests reuse, newest first, instead of opening one per request.
+//!
+//! Reuse must not cost the gateway what a connection per request gave it: knowing whether a
+//! request reached a replica. So requests go out with `try_send_request`: a kept connection
+//! that turns out closed before the request was written (the replica closed it while it sat
+//! idle) hands the request back, body and all, and it goes to another connection exactly as if
+//! it had never been sent ([`Outcome::NotSent`] once no connection of the replica takes it).
+//! Only an error after the request was written is a failure at the replica
+//! ([`Outcome::Failed`]).
+//!
+//! A connection goes back on the stack only once its response was read to the end without an
+//! error ([`Lease::give_back`]); a response cut short, a failed one and an upgraded (WebSocket)
+//! connection are never reused. A replica that leaves the route table (drained, stopped, gone)
+//! has its idle connections dropped and takes no more back. Idle connections older than the
+//! idle timeout are dropped when found, and by [`Connections::expire`], which the gateway runs
+//! on a timer.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::proxy::Body;
+
+/// One upstream connection's sending half; the connection itself runs on a task of its own.
+pub(crate) type Sender = http1::SendRequest<Body>;
+
+/// A replica that does not accept a connection by then counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many connections a replica keeps, and for how long.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Idle connections kept per replica; 0 turns reuse off.
+    pub max_idle: usize,
+    /// An idle connection older than this is closed instead of reused.
+    pub idle_timeout: Duration,
+}
+
+/// One replica's idle connections. Shared by the route tables that list the replica and by
+/// the requests that lease a connection from it.
+#[derive(Debug)]
+pub(crate) struct Connections {
+    limits: Limits,
+    idle: Mutex<Idle>,
+}
+
+#[derive(Debug, Default)]
+struct Idle {
+    /// Oldest first; reuse takes from the back so that the connections in use stay few and
+    /// warm, and the ones left over age out at the front.
+    stack: VecDeque<(Sender, Instant)>,
+    /// The replica left the route table: nothing is kept for it.
+    retired: bool,
+}
+
+impl Connections {
+    pub fn new(limits: Limits) -> Connections {
+        Connections {
+            limits,
+            idle: Mutex::new(Idle::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The replica is in the route table: connections may be kept again.
+    pub fn activate(&self) {
+        self.lock().retired = false;
+    }
+
+    /// The replica left the route table: its idle connections are closed now, and the
+    /// connections of requests still in flight are closed when those end.
+    pub fn retire(&self) {
+        let dropped = {
+            let mut idle = self.lock();
+            idle.retired = true;
+            std::mem::take(&mut idle.stack)
+        };
+        drop(dropped);
+    }
+
+    /// Closes the idle connections that have waited `idle_timeout` or more by `now`.
+    pub fn expire(&self, now: Instant) {
+        let mut idle = self.lock();
+        expire(&mut idle.stack, now, self.limits.idle_timeout);
+    }
+
+    /// Idle connections kept now.
+    #[cfg(test)]
+    pub fn idle_count(&self) -> usize {
+        self.lock().stack.len()
+    }
+
+    /// The newest idle connection that is ready for a request. Connections found closed (the
+    /// replica closed them) or too old are dropped on the way; one still finishing its last
+    /// exchange stays for later.
+    fn take(&self, now: Instant) -> Option<Sender> {
+        let mut idle = self.lock();
+        expire(&mut idle.stack, now, self.limits.idle_timeout);
+        let mut busy = Vec::new();
+        let mut found = None;
+        while let Some((mut sender, since)) = idle.stack.pop_back() {
+            match ready_now(&mut sender) {
+                Poll::Ready(Ok(())) => {
+                    found = Some(sender);
+                    break;
+                }
+                Poll::Ready(Err(_)) => {}
+                Poll::Pending => busy.push((sender, since)),
+            }
+        }
+        idle.stack.extend(busy.into_iter().rev());
+        found
+    }
+
+    /// Keeps `sender` for reuse, unless the replica is retired or the connection closed; a
+    /// full stack makes room by closing its oldest connection.
+    fn put(&self, sender: Sender, now: Instant) {
+        if self.limits.max_idle == 0 || sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.retired {
+            return;
+        }
+        if idle.stack.len() >= self.limits.max_idle {
+            idle.stack.pop_front();
+        }
+        idle.stack.push_back((sender, now));
+    }
+}
+
+fn expire(stack: &mut VecDeque<(Sender, Instant)>, now: Instant, timeout: Duration) {
+    while stack
+        .front()
+        .is_some_and(|(_, since)| now.saturating_duration_since(*since) >= timeout)
+    {
+        stack.pop_front();
+    }
+}
+
+/// Whether the connection can take a request now, without waiting: `Ready(Err)` once it is
+/// closed, `Pending` while it is still busy with the previous exchange.
+fn ready_now(sender: &mut Sender) -> Poll<hyper::Result<()>> {
+    sender.poll_ready(&mut Context::from_waker(Waker::noop()))
+}
+
+/// A connection lent to one request. Dropped, it closes the connection; only
+/// [`Lease::give_back`] keeps it.
+pub(crate) struct Lease {
+    sender: Sender,
+    connections: Arc<Connections>,
+}
+
+impl Lease {
+    /// Returns the connection to its replica's idle stack. Call it only when the response was
+    /// read to its end without an error.
+    pub fn give_back(self) {
+        self.connections.put(self.sender, Instant::now());
+    }
+}
+
+/// What became of a request handed to a replica.
+pub(crate) enum Outcome {
+    /// The replica answered on `lease`'s connection.
+    Answered {
+        response: Response<Incoming>,
+        lease: Lease,
+    },
+    /// Nothing of the request reached the replica (no connection could be opened, or every
+    /// connection closed before writing it): here it is back, to go elsewhere.
+    NotSent {
+        request: Request<Body>,
+        detail: String,
+    },
+    /// The request, or part of it, was written and then the exchange failed. `reused` tells
+    /// whether the connection was a kept one, which a replica may close just as a request goes
+    /// out.
+    Failed { error: hyper::Error, reused: bool },
+}
+
+/// Sends `request` to the replica at `addr`: on its newest idle connection that takes it (when
+/// `reuse`), else on a new one.
+pub(crate) async fn send(
+    connections: &Arc<Connections>,
+    addr: SocketAddr,
+    client: &http1::Builder,
+    mut request: Request<Body>,
+    reuse: bool,
+) -> Outcome {
+    if reuse {
+        while let Some(sender) = connections.take(Instant::now()) {
+            match exchange(sender, request, connections, true).await {
+                Outcome::NotSent {
+                    request: back,
+                    detail,
+                } => {
+                    tracing::debug!(%addr, %detail, "a kept connection had closed; trying another");
+                    request = back;
+                }
+                answered_or_failed => return answered_or_failed,
+            }
+        }
+    }
+    match connect(addr, client).await {
+        Ok(sender) => exchange(sender, request, connections, false).await,
+        Err(detail) => Outcome::NotSent { request, detail },
+    }
+}
+
+async fn exchange(
+    mut sender: Sender,
+    request: Request<Body>,
+    connections: &Arc<Connections>,
+    reused: bool,
+) -> Outcome {
+    match sender.try_send_request(request).await {
+        Ok(response) => Outcome::Answered {
+            response,
+            lease: Lease {
+                sender,
+                connections: connections.clone(),
+            },
+        },
+        Err(mut error) => match error.take_message() {
+            Some(request) => Outcome::NotSent {
+                request,
+                detail: error.into_error().to_string(),
+            },
+            None => Outcome::Failed {
+                error: error.into_error(),
+                reused,
+            },
+        },
+    }
+}
+
+async fn connect(addr: SocketAddr, client: &http1::Builder) -> Result<Sender, String> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return Err(error.to_string()),
+        Err(_) => return Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = client
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|error| error.to_string())?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%addr, %error, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use tokio::io::{AsyncReadExt, DuplexStream};
+    use tokio::net::TcpListener;
+
+    const PATIENCE: Duration = Duration::from_secs(20);
+
+    fn limits(max_idle: usize) -> Limits {
+        Limits {
+            max_idle,
+            idle_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// A connection ready for a request, and the replica's end of it.
+    async fn connection() -> (Sender, DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let (mut sender, connection) = http1::handshake(TokioIo::new(ours)).await.unwrap();
+        tokio::spawn(connection);
+        sender.ready().await.unwrap();
+        (sender, theirs)
+    }
+
+    /// Waits until the other end of `theirs` is closed, reading (and dropping) what comes.
+    async fn closed(theirs: &mut DuplexStream) {
+        let mut buffer = [0u8; 1024];
+        loop {
+            match tokio::time::timeout(PATIENCE, theirs.read(&mut buffer)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) => continue,
+                Err(_) => panic!("the connection is still open after {PATIENCE:?}"),
+            }
+        }
+    }
+
+    fn post(body: &'static str) -> Request<Body> {
+        Request::post("/")
+            .header("host", "replica")
+            .body(
+                Full::new(Bytes::from(body))
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .unwrap()
+    }
+
+    /// A replica on loopback that answers every request with its body.
+    async fn echo() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(|request: Request<Incoming>| async move {
+                            let body = request.into_body().collect().await?.to_bytes();
+                            Ok::<_, hyper::Error>(Response::new(Full::new(body)))
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn idle_connections_expire_after_the_timeout() {
+        let connections = Connections::new(limits(4));
+        let start = Instant::now();
+        let (older, mut older_end) = connection().await;
+        let (newer, _newer_end) = connection().await;
+        connections.put(older, start);
+        connections.put(newer, start + Duration::from_millis(500));
+        connections.expire(start + Duration::from_millis(999));
+        assert_eq!(connections.idle_count(), 2);
+        connections.expire(start + Duration::from_secs(1));
+        assert_eq!(connections.idle_count(), 1);
+        closed(&mut older_end).await;
+        assert!(connections
+            .take(start + Duration::from_millis(1500))
+            .is_none());
+        assert_eq!(connections.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_replica_closes_its_oldest_idle_connection() {
+        let connections = Connections::new(limits(2));
+        let now = Instant::now();
+        let (first, mut first_end) = connection().await;
+        connections.put(first, now);
+        for _ in 0..2 {
+            let (sender, _end) = connection().await;
+            connections.put(sender, now);
+        }
+        assert_eq!(connections.idle_count(), 2);
+        closed(&mut first_end).await;
+    }
+
+    #[tokio::test]
+    async fn the_newest_connection_is_reused_first() {
+        let connections = Connections::new(limits(4));
+        let now = Instant::now();
+        let (older, _older_end) = connection().await;
+        let (newer, mut newer_end) = connection().await;
+        connections.put(older, now);
+        connections.put(newer, now);
+        drop(connections.take(now).expect("a ready connection"));
+        closed(&mut newer_end).await;
+        assert_eq!(connections.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_retired_replica_keeps_no_connection_until_it_is_active_again() {
+        let connections = Connections::new(limits(4));
+        let now = Instant::now();
+        let (kept, mut kept_end) = connection().await;
+        connections.put(kept, now);
+        connections.retire();
+        assert_eq!(connections.idle_count(), 0);
+        closed(&mut kept_end).await;
+        let (refused, mut refused_end) = connection().await;
+        connections.put(refused, now);
+        assert_eq!(connections.idle_count(), 0);
+        closed(&mut refused_end).await;
+        connections.activate();
+        let (sender, _end) = connection().await;
+        connections.put(sender, now);
+        assert_eq!(connections.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_kept_when_reuse_is_off() {
+        let connections = Connections::new(limits(0));
+        let (sender, mut end) = connection().await;
+        connections.put(sender, Instant::now());
+        assert_eq!(connections.idle_count(), 0);
+        closed(&mut end).await;
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_found_closed_as_the_request_goes_out_gives_the_request_back() {
+        let addr = echo().await;
+        let connections = Arc::new(Connections::new(limits(4)));
+        let (sender, theirs) = connection().await;
+        // The replica closes the idle connection; the gateway has not noticed yet (its task has
+        // not run since), so the connection still looks ready when it is taken.
+        drop(theirs);
+        assert!(!sender.is_closed());
+        connections.put(sender, Instant::now());
+        let sent = send(
+            &connections,
+            addr,
+            &http1::Builder::new(),
+            post("precious"),
+            true,
+        )
+        .await;
+        let Outcome::Answered { response, lease } = sent else {
+            panic!("the request did not go out on a new connection");
+        };
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "precious");
+        lease.give_back();
+        assert_eq!(connections.idle_count(), 1, "the new connection is kept");
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_that_fails_after_the_request_was_written_is_a_failure() {
+        let connections = Arc::new(Connections::new(limits(4)));
+        let (sender, mut theirs) = connection().await;
+        connections.put(sender, Instant::now());
+        // The replica reads the request, then goes away without answering.
+        let replica = tokio::spawn(async move {
+            let mut buffer = [0u8; 1024];
+            let n = theirs.read(&mut buffer).await.unwrap();
+            assert!(n > 0);
+        });
+        let unreachable = SocketAddr::from(([127, 0, 0, 1], 1));
+        let sent = send(
+            &connections,
+            unreachable,
+            &http1::Builder::new(),
+            post("x"),
+            true,
+        )
+        .await;
+        assert!(matches!(sent, Outcome::Failed { reused: true, .. }));
+        replica.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_gives_the_request_back() {
+        let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = unused.local_addr().unwrap();
+        drop(unused);
+        let connections = Arc::new(Connections::new(limits(4)));
+        let sent = send(&connections, addr, &http1::Builder::new(), post("x"), true).await;
+        let Outcome::NotSent { request, .. } = sent else {
+            panic!("a refused connection must give the request back");
+        };
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "x", "the body is still whole");
+    }
+}
