@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::{
     HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, TE, TRAILER, TRANSFER_ENCODING,
@@ -298,9 +298,38 @@ async fn forward(
                     // A connection that carried an upgrade offer is not reused, whatever the
                     // answer: it is nobody's plain HTTP/1.1 connection any more.
                     let lease = upgrade.is_none().then_some(lease);
-                    return Ok(Forwarded::Response(downstream_response(
-                        response, in_flight, lease,
-                    )));
+                    let whole = replayable
+                        && declared_length(response.headers())
+                            .is_some_and(|length| length <= WHOLE_ANSWER_BYTES);
+                    let answer = downstream_response(response, in_flight, lease);
+                    if !whole {
+                        return Ok(Forwarded::Response(answer));
+                    }
+                    // A small answer to a request that may be sent again is read whole before
+                    // any of it reaches the client: a replica killed mid-answer then costs a
+                    // replay on another replica, not an answer cut off.
+                    let (parts, body) = answer.into_parts();
+                    match body.collect().await {
+                        Ok(collected) => {
+                            let body = Full::new(collected.to_bytes())
+                                .map_err(|never| match never {})
+                                .boxed_unsync();
+                            return Ok(Forwarded::Response(Response::from_parts(parts, body)));
+                        }
+                        Err(error) => {
+                            let failure = Error::UpstreamFailed {
+                                service: route.route.service.clone(),
+                                run: replica.run.to_string(),
+                                detail: format!("the answer was cut off: {error}"),
+                            };
+                            if !replayed {
+                                tracing::warn!(%failure, "replaying an idempotent request on another replica");
+                                replayed = true;
+                                continue;
+                            }
+                            return Err(failure);
+                        }
+                    }
                 }
                 let Some(client_side) = client_upgrade.take() else {
                     return Err(Error::UpstreamFailed {
@@ -423,6 +452,21 @@ async fn wait_for_replica(
 /// of 16 KiB (worse), 64, 128 and 256 KiB and a 1 MiB ceiling did not beat it beyond the noise
 /// of the benchmark (docs/benchmarks.md). A kept connection keeps its grown buffer, which was
 /// the cost of a new connection per stream.
+/// Answers up to this size to bodiless idempotent requests are read whole from the replica
+/// before they are sent on, so that one cut off can be replayed elsewhere.
+const WHOLE_ANSWER_BYTES: u64 = 64 * 1024;
+
+/// The `Content-Length` of a response, if it declares a valid one.
+fn declared_length(headers: &hyper::HeaderMap) -> Option<u64> {
+    headers
+        .get(hyper::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 pub(crate) fn upstream_client() -> hyper::client::conn::http1::Builder {
     hyper::client::conn::http1::Builder::new()
 }

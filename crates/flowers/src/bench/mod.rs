@@ -82,6 +82,9 @@ pub struct PromotionReport {
     pub at_s: f64,
     /// Whether a later answer came from it (or the run ended first).
     pub served: bool,
+    /// Not served, because a newer version was promoted before its replica was ready (for
+    /// example when the replica starting it was the one killed) and that one was served.
+    pub superseded: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -448,10 +451,14 @@ fn analyse(
                 .any(|s| s.start_ms >= *t && s.outcome.as_ref().is_ok_and(|v| v == version));
             // A promotion in the last seconds may be cut off by the end of the load.
             let cut_off = next == f64::MAX && load_end_ms - t < 15_000.0;
+            let newer_served = samples
+                .iter()
+                .any(|s| s.start_ms >= next && s.outcome.as_ref().is_ok_and(|v| v > version));
             PromotionReport {
                 version: *version,
                 at_s: (t - load_start_ms) / 1000.0,
                 served: served || cut_off,
+                superseded: !(served || cut_off) && next != f64::MAX && newer_served,
             }
         })
         .collect();
@@ -524,16 +531,21 @@ fn analyse(
     );
     let unserved: Vec<u32> = promotions
         .iter()
-        .filter(|p| !p.served)
+        .filter(|p| !p.served && !p.superseded)
+        .map(|p| p.version)
+        .collect();
+    let superseded: Vec<u32> = promotions
+        .iter()
+        .filter(|p| p.superseded)
         .map(|p| p.version)
         .collect();
     check(
-        "each promoted version served",
+        "each promoted version served (or superseded by a newer one that was)",
         unserved.is_empty(),
-        if unserved.is_empty() {
-            "all".to_string()
-        } else {
-            format!("never answered: {unserved:?}")
+        match (unserved.is_empty(), superseded.is_empty()) {
+            (true, true) => "all served".to_string(),
+            (true, false) => format!("all; superseded before serving: {superseded:?}"),
+            (false, _) => format!("never answered, nor any newer version: {unserved:?}"),
         },
     );
     check(
@@ -592,7 +604,11 @@ fn print_report(report: &Report) {
                 "v{} at {:.1}s{}",
                 p.version,
                 p.at_s,
-                if p.served { "" } else { " (never served)" }
+                match (p.served, p.superseded) {
+                    (true, _) => "",
+                    (false, true) => " (superseded)",
+                    (false, false) => " (never served)",
+                }
             )
         })
         .collect();

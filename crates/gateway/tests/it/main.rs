@@ -464,8 +464,9 @@ async fn idempotent_requests_are_replayed_after_a_reset_and_posts_are_not() {
     );
 }
 
-#[tokio::test]
-async fn upstream_closing_mid_response_cuts_the_client() {
+/// A replica that answers every request with `Content-Length: length`, then only "hello"
+/// before it closes the connection (a process killed mid-answer).
+async fn cutting_replica(length: u64) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -473,12 +474,35 @@ async fn upstream_closing_mid_response_cuts_the_client() {
             let (mut stream, _) = listener.accept().await.unwrap();
             let mut buffer = [0u8; 4096];
             let _ = stream.read(&mut buffer).await;
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello")
-                .await;
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\nhello");
+            let _ = stream.write_all(head.as_bytes()).await;
             drop(stream);
         }
     });
+    addr
+}
+
+#[tokio::test]
+async fn a_small_answer_cut_off_is_replayed_on_another_replica() {
+    let (gateway, url) = start_gateway(Settings::default()).await;
+    let cut = cutting_replica(100).await;
+    let fine = echo("fine").await;
+    gateway.update(RouteTable {
+        routes: vec![route("web", None, "/", &[("cut-1", cut), ("fine-1", fine)])],
+    });
+    let client = http();
+    // Whichever replica a request goes to first, the client gets a whole answer.
+    for i in 0..6 {
+        let (status, seen) = json(client.get(format!("{url}/g{i}")).send().await.unwrap()).await;
+        assert_eq!((status, seen["name"].as_str()), (200, Some("fine")));
+    }
+    poll_until(|| gateway.in_flight().values().all(|count| *count == 0)).await;
+}
+
+#[tokio::test]
+async fn upstream_closing_mid_response_cuts_the_client() {
+    // Larger than what the gateway reads whole before answering: it streams, so it is cut.
+    let addr = cutting_replica(1 << 20).await;
     let (gateway, url) = start_gateway(Settings::default()).await;
     let fine = echo("fine").await;
     gateway.update(RouteTable {
