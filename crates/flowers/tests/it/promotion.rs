@@ -72,6 +72,20 @@ fn load(
     })
 }
 
+/// Waits until the gateway answers from a replica serving `version`.
+async fn served_through_gateway(server: &TestServer, version: &str) {
+    let url = format!("http://127.0.0.1:{}/env", server.gateway_port);
+    server
+        .eventually(
+            &format!("version {version} to answer through the gateway"),
+            || async {
+                let env: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+                (env["FLOWERS_MODEL_VERSION"] == version).then_some(())
+            },
+        )
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_that_never_gets_ready_fails_and_the_old_one_keeps_serving() {
     let body = format!(
@@ -131,17 +145,7 @@ start_timeout = "2s"
 
     // Requests flow while version 2, which cannot load, is promoted.
     let stop = Arc::new(AtomicBool::new(false));
-    server
-        .eventually("the gateway to route to version 1", || async {
-            let env: Value = reqwest::get(format!("http://127.0.0.1:{}/env", server.gateway_port))
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            (env["FLOWERS_MODEL_VERSION"] == "1").then_some(())
-        })
-        .await;
+    served_through_gateway(&server, "1").await;
     let answers = load(&server, stop.clone());
     let (status, _) = post(
         &server,
@@ -423,17 +427,7 @@ interval = "100ms"
     assert_eq!(status, 200);
     let second = server.replacement("web", &first.id).await;
     assert_eq!(second.device, first.device);
-    server
-        .eventually("version 2 to answer through the gateway", || async {
-            let env: Value = reqwest::get(format!("http://127.0.0.1:{}/env", server.gateway_port))
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            (env["FLOWERS_MODEL_VERSION"] == "2").then_some(())
-        })
-        .await;
+    served_through_gateway(&server, "2").await;
     stop.store(true, Ordering::Relaxed);
     let answers = answers.await.unwrap();
     let failures: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
