@@ -14,10 +14,13 @@
 //! connection are never reused. A replica that leaves the route table (drained, stopped, gone)
 //! has its idle connections dropped and takes no more back. Idle connections older than the
 //! idle timeout are dropped when found, and by [`Connections::expire`], which the gateway runs
-//! on a timer.
+//! on a timer. Upstream sockets acknowledge what they receive at once (`QuickAck`): a replica
+//! that answers in pieces without `TCP_NODELAY` would otherwise wait 40 ms per answer on a
+//! kept connection.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -26,6 +29,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::proxy::Body;
@@ -254,7 +258,7 @@ async fn connect(addr: SocketAddr, client: &http1::Builder) -> Result<Sender, St
     };
     let _ = stream.set_nodelay(true);
     let (sender, connection) = client
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(QuickAck(stream)))
         .await
         .map_err(|error| error.to_string())?;
     tokio::spawn(async move {
@@ -263,6 +267,60 @@ async fn connect(addr: SocketAddr, client: &http1::Builder) -> Result<Sender, St
         }
     });
     Ok(sender)
+}
+
+/// An upstream socket that acknowledges what it receives at once (`TCP_QUICKACK`, Linux).
+///
+/// A replica that writes a response in pieces without `TCP_NODELAY` (Python's `http.server`
+/// sends the header and the body in two writes) holds each piece back until the one before is
+/// acknowledged (Nagle). On a kept connection Linux delays that acknowledgement, by 40 ms,
+/// hoping to send it along with the next request: every response would then take 40 ms more.
+/// A new connection starts out acknowledging at once, which is why one connection per request
+/// never showed it. Quick-ack mode does not last, so it is asked for whenever the socket has
+/// something to read; when an acknowledgement is pending, asking sends it.
+struct QuickAck(TcpStream);
+
+impl AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.0.poll_read_ready(cx))?;
+        #[cfg(target_os = "linux")]
+        let _ = self.0.set_quickack(true);
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
@@ -334,6 +392,33 @@ mod tests {
             }
         });
         addr
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn reading_a_kept_connection_acknowledges_at_once() {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut theirs, _) = listener.accept().await.unwrap();
+        let mut ours = QuickAck(ours);
+        let mut buffer = [0u8; 4];
+        // Requests sent right after answers, as on a busy kept connection: Linux then delays
+        // its acknowledgements to send them with the next request.
+        for _ in 0..4 {
+            ours.0.write_all(b"ping").await.unwrap();
+            theirs.read_exact(&mut buffer).await.unwrap();
+            theirs.write_all(b"pong").await.unwrap();
+            ours.0.read_exact(&mut buffer).await.unwrap();
+        }
+        ours.0.write_all(b"ping").await.unwrap();
+        theirs.read_exact(&mut buffer).await.unwrap();
+        assert!(!ours.0.quickack().unwrap(), "acknowledgements are delayed");
+        theirs.write_all(b"pong").await.unwrap();
+        ours.read_exact(&mut buffer).await.unwrap();
+        assert!(ours.0.quickack().unwrap(), "reading acknowledged at once");
     }
 
     #[tokio::test]

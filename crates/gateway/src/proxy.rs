@@ -249,7 +249,7 @@ async fn forward(
     // A request that no replica took yet (every connection refused or closed before it was
     // written) goes out again as it is, body included.
     let mut unsent: Option<Request<Body>> = None;
-    // After a kept connection failed under a request, its replay takes a new connection.
+    // Set once a request failed on a kept connection: it goes out again on a new one.
     let mut reuse = true;
     loop {
         let route = &table.routes[index];
@@ -355,15 +355,21 @@ async fn forward(
                     run: replica.run.to_string(),
                     detail: error.to_string(),
                 };
+                if replayable && reused && reuse {
+                    // Most likely the replica closed the kept connection as the request went
+                    // out, so the replica may take it again, on a new connection. This try
+                    // is not the one replay: a replica that was killed fails the new
+                    // connection too (it can accept one while it dies), and then the replay
+                    // goes elsewhere.
+                    tracing::info!(%failure, "sending an idempotent request again on a new connection");
+                    tried.pop();
+                    reuse = false;
+                    continue;
+                }
                 if replayable && !replayed {
                     tracing::warn!(%failure, "replaying an idempotent request on another replica");
                     replayed = true;
-                    if reused {
-                        // Most likely the replica closed the kept connection as the request
-                        // went out: it may take the replay too, on a new connection.
-                        tried.pop();
-                        reuse = false;
-                    }
+                    reuse = false;
                     continue;
                 }
                 return Err(failure);

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
 
-use crate::{http, json, poll_until, route, start_gateway, PATIENCE};
+use crate::{expect_error, http, json, poll_until, route, start_gateway, PATIENCE};
 
 /// A replica that numbers its connections from 1.
 struct Numbered {
@@ -74,16 +74,30 @@ async fn numbered() -> Numbered {
                 (closed_tx.clone(), close_all.clone(), release.clone());
             // Registered before the connection is served, so a close_all never misses it.
             let close = close_all.notified_owned();
+            // `/flaky` on a connection that served before closes it instead of answering.
+            let close_this = Arc::new(Notify::new());
+            let served = Arc::new(AtomicUsize::new(0));
             tokio::spawn(async move {
+                let closer = close_this.clone();
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                     let release = release.clone();
-                    async move { Ok::<_, Infallible>(answer(number, request, release).await) }
+                    let again = served.fetch_add(1, Ordering::SeqCst) > 0;
+                    let flaky = again && request.uri().path() == "/flaky";
+                    let closer = closer.clone();
+                    async move {
+                        if flaky {
+                            closer.notify_one();
+                            std::future::pending::<()>().await;
+                        }
+                        Ok::<_, Infallible>(answer(number, request, release).await)
+                    }
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service);
                 tokio::select! {
                     _ = connection => {}
                     _ = close => {}
+                    _ = close_this.notified() => {}
                 }
                 let _ = closed_tx.send(number);
             });
@@ -189,6 +203,32 @@ async fn a_connection_the_replica_closed_while_idle_is_not_used() {
         replica.close_all.notify_waiters();
         replica.wait_closed(kept as usize + 1).await;
     }
+}
+
+#[tokio::test]
+async fn a_get_that_fails_on_a_kept_connection_goes_again_on_a_new_one_and_a_post_does_not() {
+    let (gateway, url) = start_gateway(Settings::default()).await;
+    let mut replica = numbered().await;
+    gateway.update(RouteTable {
+        routes: vec![route("a", None, "/", &[("a-1", replica.addr)])],
+    });
+    let client = http();
+    let (status, seen) = json(client.get(format!("{url}/flaky")).send().await.unwrap()).await;
+    assert_eq!((status, seen["connection"].as_u64()), (200, Some(1)));
+    // The kept connection is closed under the next request, as a replica's keep-alive timeout
+    // might just as the request goes out. The only replica gets it again on a new connection.
+    let (status, seen) = json(client.get(format!("{url}/flaky")).send().await.unwrap()).await;
+    assert_eq!((status, seen["connection"].as_u64()), (200, Some(2)));
+    replica.wait_closed(1).await;
+    // A POST may have been acted on: it is not sent twice.
+    let response = client
+        .post(format!("{url}/flaky"))
+        .body("once")
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, 502, "upstream_failed").await;
+    assert_eq!(replica.accepted(), 2);
 }
 
 #[tokio::test]
