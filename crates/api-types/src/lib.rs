@@ -129,6 +129,10 @@ pub struct ServiceInfo {
     pub consecutive_failures: u32,
     pub resources: ResourcesInfo,
     pub model: Option<String>,
+    /// Added at run time (`flowers deploy`, `PUT /v1/services/NAME`), not declared in the
+    /// configuration file; `flowers remove` takes it away.
+    #[serde(default)]
+    pub added: bool,
     /// Current (non-terminal) Runs.
     pub runs: Vec<RunInfo>,
 }
@@ -144,6 +148,10 @@ pub struct JobInfo {
     pub preemptible: bool,
     pub resources: ResourcesInfo,
     pub model: Option<String>,
+    /// Added at run time (`flowers train`, `PUT /v1/jobs/NAME`), not declared in the
+    /// configuration file; `flowers remove` takes it away.
+    #[serde(default)]
+    pub added: bool,
     /// The current Run, or the last one.
     pub last_run: Option<RunInfo>,
 }

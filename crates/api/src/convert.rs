@@ -61,6 +61,7 @@ pub fn service(view: &ServiceView, runs: &[RunRecord]) -> ServiceInfo {
         consecutive_failures: view.consecutive_failures,
         resources: resources(&view.spec.resources),
         model: view.spec.model.as_ref().map(|m| m.to_string()),
+        added: view.added,
         runs: runs
             .iter()
             .filter(|r| r.owner.kind == OwnerKind::Service && r.owner.name == view.spec.name)
@@ -78,6 +79,7 @@ pub fn job(view: &JobView) -> JobInfo {
         preemptible: view.spec.preemptible,
         resources: resources(&view.spec.resources),
         model: view.spec.model.as_ref().map(|m| m.to_string()),
+        added: view.added,
         last_run: view.last_run.as_ref().map(run),
     }
 }

@@ -67,7 +67,9 @@ impl From<orchestrator::Error> for ApiFailure {
             | E::UnknownRun(_)
             | E::UnknownModel(_)
             | E::UnknownVersion(..) => ApiFailure::not_found(error.to_string()),
-            E::RunEnded(_) | E::JobAlreadyRunning(..) => ApiFailure::conflict(error.to_string()),
+            E::RunEnded(_) | E::JobAlreadyRunning(..) | E::Conflict(_) => {
+                ApiFailure::conflict(error.to_string())
+            }
             E::Refused(_) | E::Version(orchestrator::versions::VersionError::Source { .. }) => {
                 ApiFailure::bad_request(error.to_string())
             }

@@ -44,9 +44,13 @@ use crate::{convert, models, AppState};
         devices,
         list_services,
         get_service,
+        put_service,
+        remove_service,
         reset_service,
         list_jobs,
         get_job,
+        put_job,
+        remove_job,
         start_job,
         reset_job,
         models::list_models,
@@ -110,10 +114,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/devices", get(devices))
         .route("/v1/services", get(list_services))
-        .route("/v1/services/{name}", get(get_service))
+        .route(
+            "/v1/services/{name}",
+            get(get_service).put(put_service).delete(remove_service),
+        )
         .route("/v1/services/{name}/reset", post(reset_service))
         .route("/v1/jobs", get(list_jobs))
-        .route("/v1/jobs/{name}", get(get_job))
+        .route(
+            "/v1/jobs/{name}",
+            get(get_job).put(put_job).delete(remove_job),
+        )
         .route("/v1/jobs/{name}/runs", post(start_job))
         .route("/v1/jobs/{name}/reset", post(reset_job))
         .route("/v1/models", get(models::list_models))
@@ -273,6 +283,67 @@ async fn get_service(
         .ok_or_else(|| ApiFailure::not_found(format!("no service is named {name:?}")))
 }
 
+/// The JSON form of a `[services.NAME]` or `[jobs.NAME]` table, checked like the file.
+fn run_time_spec(body: Result<Bytes, BytesRejection>) -> Result<serde_json::Value, ApiFailure> {
+    models::json_body(body, r#"{"command": ["python3", "/abs/app.py"]}"#)
+}
+
+fn config_problems(error: config::ConfigError) -> ApiFailure {
+    ApiFailure::bad_request(error.to_string())
+}
+
+#[utoipa::path(put, path = "/v1/services/{name}",
+    description = "Adds a service at run time, or replaces the spec of one added earlier (its replicas are \
+                   then replaced blue/green). The body is a JSON object with the keys of a `[services.NAME]` \
+                   table of flowers.toml (`workdir` absolute). It is kept across restarts. A name the \
+                   configuration file declares, or a job's, is a conflict.",
+    params(("name" = String, Path, description = "Service name")),
+    request_body(content = Object, description = "The keys of a `[services.NAME]` table, as JSON"),
+    responses((status = 200, body = ActionResponse), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+async fn put_service(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ActionResponse>, ApiFailure> {
+    let spec = config::service_from_json(&name, &run_time_spec(body)?).map_err(config_problems)?;
+    let message = state.orchestrator.put_service(spec).await?;
+    Ok(Json(ActionResponse { message, run: None }))
+}
+
+#[utoipa::path(delete, path = "/v1/services/{name}",
+    description = "Removes a service added at run time: its routes stop taking new requests at once, and its \
+                   replicas are stopped once their requests in flight have finished.",
+    params(("name" = String, Path, description = "Service name")),
+    responses((status = 202, body = ActionResponse), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn remove_service(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<ActionResponse>), ApiFailure> {
+    remove(state, name, "service").await
+}
+
+async fn remove(
+    state: AppState,
+    name: String,
+    kind: &str,
+) -> Result<(StatusCode, Json<ActionResponse>), ApiFailure> {
+    let view = state.orchestrator.view();
+    let other = match kind {
+        "service" => view.jobs.iter().any(|j| j.spec.name.as_str() == name),
+        _ => view.services.iter().any(|s| s.spec.name.as_str() == name),
+    };
+    if other {
+        return Err(ApiFailure::not_found(format!(
+            "no {kind} is named {name:?} (there is one of the other kind)"
+        )));
+    }
+    let message = state.orchestrator.remove(&name).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ActionResponse { message, run: None }),
+    ))
+}
+
 #[utoipa::path(post, path = "/v1/services/{name}/reset",
     description = "Clears a crash loop and the failure count so Flowers starts the service again.",
     params(("name" = String, Path, description = "Service name")),
@@ -307,6 +378,35 @@ async fn list_jobs(State(state): State<AppState>) -> Json<Vec<JobInfo>> {
             .map(convert::job)
             .collect(),
     )
+}
+
+#[utoipa::path(put, path = "/v1/jobs/{name}",
+    description = "Adds a job at run time, or replaces the spec of one added earlier that is not running. The body \
+                   is a JSON object with the keys of a `[jobs.NAME]` table of flowers.toml (`workdir` absolute); \
+                   with `autostart` it starts at once. It is kept across restarts.",
+    params(("name" = String, Path, description = "Job name")),
+    request_body(content = Object, description = "The keys of a `[jobs.NAME]` table, as JSON"),
+    responses((status = 200, body = ActionResponse), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+async fn put_job(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ActionResponse>, ApiFailure> {
+    let spec = config::job_from_json(&name, &run_time_spec(body)?).map_err(config_problems)?;
+    let message = state.orchestrator.put_job(spec).await?;
+    Ok(Json(ActionResponse { message, run: None }))
+}
+
+#[utoipa::path(delete, path = "/v1/jobs/{name}",
+    description = "Removes a job added at run time; its Run, if any, is stopped gracefully (SIGTERM, then its \
+                   grace period to checkpoint).",
+    params(("name" = String, Path, description = "Job name")),
+    responses((status = 202, body = ActionResponse), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn remove_job(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<ActionResponse>), ApiFailure> {
+    remove(state, name, "job").await
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{name}",

@@ -104,6 +104,32 @@ impl Client {
         let response = self.send(self.http.post(&url).json(progress), &url).await?;
         decode(response, &url).await
     }
+    /// Adds (or replaces) a service at run time from the JSON form of its `[services.NAME]`
+    /// table.
+    pub async fn put_service(
+        &self,
+        name: &str,
+        spec: &serde_json::Value,
+    ) -> Result<ActionResponse, ClientError> {
+        self.put(&format!("/v1/services/{}", encode(name)), spec)
+            .await
+    }
+    /// Adds (or replaces) a job at run time from the JSON form of its `[jobs.NAME]` table.
+    pub async fn put_job(
+        &self,
+        name: &str,
+        spec: &serde_json::Value,
+    ) -> Result<ActionResponse, ClientError> {
+        self.put(&format!("/v1/jobs/{}", encode(name)), spec).await
+    }
+    /// Removes a service added at run time (its replicas are drained first).
+    pub async fn remove_service(&self, name: &str) -> Result<ActionResponse, ClientError> {
+        self.delete(&format!("/v1/services/{}", encode(name))).await
+    }
+    /// Removes a job added at run time (its Run is stopped gracefully).
+    pub async fn remove_job(&self, name: &str) -> Result<ActionResponse, ClientError> {
+        self.delete(&format!("/v1/jobs/{}", encode(name))).await
+    }
     pub async fn reset_service(&self, name: &str) -> Result<ActionResponse, ClientError> {
         self.post(&format!("/v1/services/{}/reset", encode(name)))
             .await
@@ -223,6 +249,28 @@ impl Client {
         let response = self
             .send(self.http.post(&url).timeout(Duration::from_secs(60)), &url)
             .await?;
+        decode(response, &url).await
+    }
+
+    async fn put<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let request = self
+            .http
+            .put(&url)
+            .json(body)
+            .timeout(Duration::from_secs(60));
+        let response = self.send(request, &url).await?;
+        decode(response, &url).await
+    }
+
+    async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let request = self.http.delete(&url).timeout(Duration::from_secs(60));
+        let response = self.send(request, &url).await?;
         decode(response, &url).await
     }
 

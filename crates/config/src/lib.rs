@@ -10,6 +10,7 @@
 mod environment;
 mod error;
 mod parse;
+mod run_time;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use domain::{ByteSize, JobSpec, ModelSpec, Name, ServiceSpec};
 
 pub use error::{ConfigError, Problem};
+pub use run_time::{job_from_json, service_from_json};
 
 /// The configuration Flowers runs with when no `flowers.toml` is given; every key is
 /// documented in it.

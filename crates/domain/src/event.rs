@@ -28,6 +28,12 @@ pub enum EventKind {
     JobPreempted,
     /// A Run uses more VRAM than its budget (once per crossing; Flowers does not stop it).
     VramBudgetExceeded,
+    /// A service or job added at run time (`flowers deploy`, `flowers train`, the API).
+    OwnerAdded,
+    /// A service or job added at run time was replaced by a new spec.
+    OwnerChanged,
+    /// A service or job added at run time was removed (`flowers remove`).
+    OwnerRemoved,
 }
 
 impl EventKind {
@@ -55,6 +61,9 @@ impl EventKind {
             EventKind::VersionDeleted => "version_deleted",
             EventKind::JobPreempted => "job_preempted",
             EventKind::VramBudgetExceeded => "vram_budget_exceeded",
+            EventKind::OwnerAdded => "owner_added",
+            EventKind::OwnerChanged => "owner_changed",
+            EventKind::OwnerRemoved => "owner_removed",
         }
     }
 
@@ -63,7 +72,7 @@ impl EventKind {
     }
 }
 
-const ALL_KINDS: [EventKind; 22] = [
+const ALL_KINDS: [EventKind; 25] = [
     EventKind::FlowersStarted,
     EventKind::FlowersStopping,
     EventKind::DevicesDetected,
@@ -86,6 +95,9 @@ const ALL_KINDS: [EventKind; 22] = [
     EventKind::VersionDeleted,
     EventKind::JobPreempted,
     EventKind::VramBudgetExceeded,
+    EventKind::OwnerAdded,
+    EventKind::OwnerChanged,
+    EventKind::OwnerRemoved,
 ];
 
 /// An event before the store gives it an id and a time.

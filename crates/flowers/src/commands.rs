@@ -80,6 +80,9 @@ pub async fn client_command(api: &str, json: bool, command: Command) -> anyhow::
             print_action(json, &answer);
             Ok(())
         }
+        Command::Deploy(args) => crate::deploy::deploy(&client, json, args).await,
+        Command::Train(args) => crate::deploy::train(&client, json, args).await,
+        Command::Remove { name } => crate::deploy::remove(&client, json, &name).await,
         Command::Stop { run } => {
             let answer = client.stop_run(&run).await?;
             print_action(json, &answer);

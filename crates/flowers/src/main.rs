@@ -4,6 +4,7 @@
 mod access_log;
 mod bench;
 mod commands;
+mod deploy;
 mod models;
 mod routes;
 mod table;
@@ -77,6 +78,15 @@ enum Command {
     Stop {
         /// The Run id, as `flowers ps` shows it.
         run: String,
+    },
+    /// Add a service to a running Flowers (kept across restarts), or replace one added before.
+    Deploy(deploy::DeployArgs),
+    /// Add a training job to a running Flowers (kept across restarts) and start it.
+    Train(deploy::TrainArgs),
+    /// Take away a service or job added with deploy or train (a service is drained first).
+    Remove {
+        /// The service or job.
+        name: String,
     },
     /// Clear a service's crash loop, or a job's failure count, so Flowers tries again.
     Reset {

@@ -126,6 +126,10 @@ pub async fn up(args: UpArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
             counts.in_flight().get(run).copied().unwrap_or(0)
         }))),
         drain_timeout: crate::routes::DEFAULT_DRAIN,
+        python_path: orchestrator::PythonPath {
+            inherited: std::env::var("PYTHONPATH").ok(),
+            added: Vec::new(),
+        },
     };
     let desired = orchestrator::Desired {
         services: config.services.clone(),

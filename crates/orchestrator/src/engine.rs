@@ -1,6 +1,7 @@
 //! The loop itself: state, the handling of each [`Input`], and reconciliation.
 
 mod models;
+mod owners;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -95,6 +96,8 @@ struct LiveRun {
 struct ServiceState {
     spec: ServiceSpec,
     hash: String,
+    /// Added at run time (kept in the store), not declared in the configuration.
+    added: bool,
     failures: u32,
     crash_loop: bool,
     backoff_until: Option<Instant>,
@@ -116,6 +119,8 @@ enum JobOutcome {
 struct JobState {
     spec: JobSpec,
     hash: String,
+    /// Added at run time (kept in the store), not declared in the configuration.
+    added: bool,
     outcome: JobOutcome,
     failures: u32,
     backoff_until: Option<Instant>,
@@ -243,58 +248,79 @@ fn run_dir(data_dir: &Path, run: &RunId) -> PathBuf {
 }
 
 impl Engine {
+    /// Takes a service into the loop with its saved restart state. Failures (and a crash
+    /// loop) belong to the configuration that failed: when the spec changed since its last Run,
+    /// it starts afresh, and the answer is true if that cleared a crash loop.
+    fn insert_service(
+        &mut self,
+        name: Name,
+        spec: ServiceSpec,
+        added: bool,
+    ) -> Result<bool, Error> {
+        let hash = spec_hash(&spec);
+        let mut saved = self.store.owner_state(name.as_str())?;
+        let last_run = self.last_run(&name)?;
+        let mut cleared = false;
+        if last_run.is_some_and(|run| run.spec_hash != hash)
+            && saved.as_ref().is_some_and(|s| s.consecutive_failures > 0)
+        {
+            cleared = saved.as_ref().is_some_and(|s| s.crash_loop);
+            self.save_owner_state(name.as_str(), OwnerKind::Service, 0, false);
+            saved = None;
+        }
+        self.services.insert(
+            name,
+            ServiceState {
+                hash,
+                spec,
+                added,
+                failures: saved.as_ref().map_or(0, |s| s.consecutive_failures),
+                crash_loop: saved.as_ref().is_some_and(|s| s.crash_loop),
+                backoff_until: None,
+                waiting: None,
+                finished_slots: BTreeSet::new(),
+                last_exit: None,
+            },
+        );
+        Ok(cleared)
+    }
+
+    /// Takes a job into the loop: active at once if it starts by itself, else idle.
+    fn insert_job(&mut self, name: Name, spec: JobSpec, added: bool) -> Result<(), Error> {
+        let outcome = if spec.autostart {
+            JobOutcome::Active
+        } else {
+            JobOutcome::Idle
+        };
+        let last_run = self.last_run(&name)?;
+        self.jobs.insert(
+            name,
+            JobState {
+                hash: spec_hash(&spec),
+                spec,
+                added,
+                outcome,
+                failures: 0,
+                backoff_until: None,
+                waiting: None,
+                last_run,
+            },
+        );
+        Ok(())
+    }
+
     fn load(&mut self, desired: Desired) -> Result<(), Error> {
         self.load_models(desired.models)?;
         let mut fresh_starts = Vec::new();
         for (name, spec) in desired.services {
-            let hash = spec_hash(&spec);
-            let mut saved = self.store.owner_state(name.as_str())?;
-            let last_run = self.last_run(&name)?;
-            // Failures (and a crash loop) belong to the configuration that failed: once the
-            // user changes it, the service starts afresh.
-            if last_run.is_some_and(|run| run.spec_hash != hash)
-                && saved.as_ref().is_some_and(|s| s.consecutive_failures > 0)
-            {
-                if saved.as_ref().is_some_and(|s| s.crash_loop) {
-                    fresh_starts.push(name.clone());
-                }
-                self.save_owner_state(name.as_str(), OwnerKind::Service, 0, false);
-                saved = None;
+            if self.insert_service(name.clone(), spec, false)? {
+                fresh_starts.push(name);
             }
-            self.services.insert(
-                name,
-                ServiceState {
-                    hash,
-                    spec,
-                    failures: saved.as_ref().map_or(0, |s| s.consecutive_failures),
-                    crash_loop: saved.as_ref().is_some_and(|s| s.crash_loop),
-                    backoff_until: None,
-                    waiting: None,
-                    finished_slots: BTreeSet::new(),
-                    last_exit: None,
-                },
-            );
         }
         for (name, spec) in desired.jobs {
-            let outcome = if spec.autostart {
-                JobOutcome::Active
-            } else {
-                JobOutcome::Idle
-            };
-            let last_run = self.last_run(&name)?;
-            self.jobs.insert(
-                name,
-                JobState {
-                    hash: spec_hash(&spec),
-                    spec,
-                    outcome,
-                    failures: 0,
-                    backoff_until: None,
-                    waiting: None,
-                    last_run,
-                },
-            );
+            self.insert_job(name, spec, false)?;
         }
+        fresh_starts.extend(self.load_added()?);
         let devices = self
             .desired_devices
             .iter()
@@ -642,6 +668,18 @@ impl Engine {
                 }
                 let _ = reply.send(answer);
             }
+            Command::PutService { spec, reply } => {
+                let answer = self.put_service(*spec);
+                let _ = reply.send(answer);
+            }
+            Command::PutJob { spec, reply } => {
+                let answer = self.put_job(*spec);
+                let _ = reply.send(answer);
+            }
+            Command::Remove { name, reply } => {
+                let answer = self.remove_owner(&name);
+                let _ = reply.send(answer);
+            }
             Command::ReportProgress {
                 run,
                 progress,
@@ -730,6 +768,20 @@ impl Engine {
             "stopping {run} (SIGTERM, then SIGKILL after {})",
             humantime_secs(grace)
         ))
+    }
+
+    /// A Run's `PYTHONPATH`: its own (or Flowers' own) followed by the directories Flowers
+    /// adds (the Python SDK), so that `import flowers` works in every Run.
+    fn python_path(&self, own: Option<&String>) -> Option<String> {
+        let base = own.or(self.settings.python_path.inherited.as_ref());
+        let added = std::env::join_paths(&self.settings.python_path.added).ok()?;
+        let added = added.to_string_lossy();
+        match (base.filter(|b| !b.is_empty()), added.is_empty()) {
+            (Some(base), false) => Some(format!("{base}:{added}")),
+            (Some(base), true) => Some(base.clone()),
+            (None, false) => Some(added.into_owned()),
+            (None, true) => None,
+        }
     }
 
     fn report_progress(&mut self, run: &RunId, progress: Progress) -> Result<(), Error> {
@@ -1128,16 +1180,19 @@ impl Engine {
             // Blue/green, one replica slot at a time: a slot whose replica serves an older
             // version gets a replica of the promoted one beside it (a surge), and only one
             // slot of a service surges at once, so a rollout needs one spare device at most.
+            // A replica is current when it serves the promoted version with the service's
+            // spec as it is now (a run-time service's spec may be replaced).
+            let is_current =
+                |r: &&RunRecord| r.model_version == desired && r.spec_hash == service.hash;
             let mut surging = (0..service.spec.replicas)
                 .filter(|&replica| {
                     let slot = self.slot_runs(name, replica);
-                    slot.iter().any(|r| r.model_version != desired)
-                        && slot.iter().any(|r| r.model_version == desired)
+                    slot.iter().any(|r| !is_current(r)) && slot.iter().any(is_current)
                 })
                 .count();
             for replica in 0..service.spec.replicas {
                 let slot = self.slot_runs(name, replica);
-                let current = slot.iter().any(|r| r.model_version == desired);
+                let current = slot.iter().any(is_current);
                 if current || service.finished_slots.contains(&replica) {
                     continue;
                 }
@@ -1317,33 +1372,45 @@ impl Engine {
     /// slot has a ready replica of the promoted version, or at once if they never served.
     fn retire_outdated_replicas(&mut self) {
         let mut retire = Vec::new();
-        for name in self.services.keys() {
+        for (name, service) in &self.services {
             let Ok(desired) = self.desired_version(name) else {
                 continue;
             };
+            let is_current =
+                |r: &RunRecord| r.model_version == desired && r.spec_hash == service.hash;
             for live in self.runs.values() {
                 let record = &live.record;
                 if live.stop.is_some()
                     || record.owner.kind != OwnerKind::Service
                     || &record.owner.name != name
-                    || record.model_version == desired
+                    || is_current(record)
                 {
                     continue;
                 }
                 let replaced = self
                     .slot_runs(name, record.owner.replica)
                     .iter()
-                    .any(|r| r.model_version == desired && r.state == RunState::Ready);
-                let version = desired.map(|v| v.to_string()).unwrap_or_default();
+                    .any(|r| is_current(r) && r.state == RunState::Ready);
+                // What is new: the version, or (same version) the service's spec.
+                let (new, came) = match desired {
+                    Some(version) if record.model_version != desired => (
+                        format!("version {version}"),
+                        format!("version {version} was promoted"),
+                    ),
+                    _ => (
+                        "the service's new spec".to_string(),
+                        "the service's spec changed".to_string(),
+                    ),
+                };
                 if replaced {
                     retire.push((
                         record.id.clone(),
-                        format!("replaced by a ready replica of version {version}"),
+                        format!("replaced by a ready replica of {new}"),
                     ));
                 } else if record.state != RunState::Ready {
                     retire.push((
                         record.id.clone(),
-                        format!("version {version} was promoted before this one was ready"),
+                        format!("{came} before this one was ready"),
                     ));
                 }
             }
@@ -1398,6 +1465,14 @@ impl Engine {
         let mut model_version = None;
         match &key {
             Key::Replica(name, _) => {
+                // The gateway forwards paths unchanged; the SDK strips these prefixes.
+                let mut prefixes: Vec<&str> = Vec::new();
+                for route in &self.services[name].spec.routes {
+                    if !prefixes.contains(&route.path_prefix.as_str()) {
+                        prefixes.push(&route.path_prefix);
+                    }
+                }
+                model_env.push(("FLOWERS_ROUTE_PREFIXES".to_string(), prefixes.join(" ")));
                 if let (Some(model), Ok(Some(version))) = (
                     self.services[name].spec.model.clone(),
                     self.desired_version(name),
@@ -1505,7 +1580,9 @@ impl Engine {
             }
             None => ("none".to_string(), String::new()),
         };
+        let python_path = self.python_path(spec_env.get("PYTHONPATH"));
         let mut env: Vec<(String, String)> = spec_env.into_iter().collect();
+        env.extend(python_path.map(|path| ("PYTHONPATH".to_string(), path)));
         env.extend([
             ("FLOWERS_PORT".to_string(), port.to_string()),
             ("FLOWERS_RUN_ID".to_string(), run_id.to_string()),
@@ -1801,6 +1878,7 @@ impl Engine {
                 };
                 ServiceView {
                     spec: service.spec.clone(),
+                    added: service.added,
                     status,
                     reason,
                     ready,
@@ -1841,6 +1919,7 @@ impl Engine {
                 };
                 JobView {
                     spec: job.spec.clone(),
+                    added: job.added,
                     status,
                     reason,
                     last_run: live.cloned().or_else(|| job.last_run.clone()),

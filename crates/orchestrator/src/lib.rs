@@ -44,6 +44,17 @@ pub struct Settings {
     /// of rotation, then stopped only once this reaches zero (or `drain_timeout` passes).
     pub in_flight: Option<InFlight>,
     pub drain_timeout: Duration,
+    pub python_path: PythonPath,
+}
+
+/// What Runs get as `PYTHONPATH`: their own (`env` in the spec) or else the one Flowers was
+/// started with, followed by `added`.
+#[derive(Clone, Debug, Default)]
+pub struct PythonPath {
+    /// Flowers' own `PYTHONPATH`, which Runs would otherwise inherit.
+    pub inherited: Option<String>,
+    /// Directories appended for every Run: where the binary put the Python SDK.
+    pub added: Vec<PathBuf>,
 }
 
 /// How many requests are in flight to a Run (by run id).
@@ -90,6 +101,9 @@ pub enum Error {
     UnknownVersion(String, u32),
     #[error("{0}")]
     Refused(String),
+    /// What was asked contradicts what is there (a name the configuration declares).
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Version(#[from] versions::VersionError),
     #[error(transparent)]
@@ -140,6 +154,18 @@ pub(crate) enum Command {
     },
     Shutdown {
         reply: oneshot::Sender<()>,
+    },
+    PutService {
+        spec: Box<ServiceSpec>,
+        reply: oneshot::Sender<Result<String, Error>>,
+    },
+    PutJob {
+        spec: Box<JobSpec>,
+        reply: oneshot::Sender<Result<String, Error>>,
+    },
+    Remove {
+        name: String,
+        reply: oneshot::Sender<Result<String, Error>>,
     },
     RegisterVersion {
         registration: Registration,
@@ -220,6 +246,37 @@ impl Handle {
     /// Clears a service's crash loop or a job's failed state so Flowers tries again.
     pub async fn reset(&self, name: &str) -> Result<String, Error> {
         self.ask(|reply| Command::Reset {
+            name: name.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    /// Adds a service at run time, kept across restarts, or replaces the spec of one added
+    /// earlier (its replicas are replaced blue/green). A name the configuration declares, or
+    /// a job's, is a conflict.
+    pub async fn put_service(&self, spec: ServiceSpec) -> Result<String, Error> {
+        self.ask(|reply| Command::PutService {
+            spec: Box::new(spec),
+            reply,
+        })
+        .await
+    }
+
+    /// Adds a job at run time, kept across restarts, or replaces the spec of one added
+    /// earlier that is not running. It starts at once when its spec says `autostart`.
+    pub async fn put_job(&self, spec: JobSpec) -> Result<String, Error> {
+        self.ask(|reply| Command::PutJob {
+            spec: Box::new(spec),
+            reply,
+        })
+        .await
+    }
+
+    /// Removes a service or job added at run time: a service's replicas are drained, then
+    /// stopped; a job's Run is stopped gracefully.
+    pub async fn remove(&self, name: &str) -> Result<String, Error> {
+        self.ask(|reply| Command::Remove {
             name: name.to_string(),
             reply,
         })

@@ -65,6 +65,8 @@ impl OwnerStatus {
 #[derive(Clone, Debug)]
 pub struct ServiceView {
     pub spec: ServiceSpec,
+    /// Added at run time (`flowers deploy`, the API), not declared in the configuration.
+    pub added: bool,
     pub status: OwnerStatus,
     pub reason: Option<String>,
     pub ready: u32,
@@ -74,6 +76,8 @@ pub struct ServiceView {
 #[derive(Clone, Debug)]
 pub struct JobView {
     pub spec: JobSpec,
+    /// Added at run time (`flowers train`, the API), not declared in the configuration.
+    pub added: bool,
     pub status: OwnerStatus,
     pub reason: Option<String>,
     /// The current Run, or the most recent one.

@@ -7,6 +7,7 @@ mod adoption;
 mod api;
 mod cli;
 mod config_errors;
+mod deploy;
 mod devices;
 mod gateway;
 mod jobs;

@@ -13,7 +13,7 @@ flowers.toml:
   WORKLOAD_GRANDCHILD=1          start a `sleep` grandchild (no process may leak)
   WORKLOAD_NO_SERVER=1           do not listen at all (a job)
 
-Endpoints: /healthz, /env (FLOWERS_* and CUDA_VISIBLE_DEVICES as JSON), /headers, /pid, /grandchild,
+Endpoints: /healthz, /env (FLOWERS_*, CUDA_VISIBLE_DEVICES, PYTHONPATH, WORKLOAD_MARK as JSON), /headers, /pid, /grandchild,
 /crash?code=N (exit now), /sick (make /healthz fail from now on); POST /sleep?secs=S answers
 after S seconds (a request in flight).
 """
@@ -72,6 +72,18 @@ if exit_after is not None:
     threading.Thread(target=exit_later, daemon=True).start()
 
 
+def unprefixed(path):
+    """The path without the service's longest route prefix ($FLOWERS_ROUTE_PREFIXES), as the
+    gateway forwards paths unchanged."""
+    best = ""
+    for prefix in os.environ.get("FLOWERS_ROUTE_PREFIXES", "").split():
+        prefix = prefix.rstrip("/")
+        if len(prefix) > len(best) and (path == prefix or path.startswith(prefix + "/") or path.startswith(prefix + "?")):
+            best = prefix
+    rest = path[len(best):]
+    return rest if rest.startswith("/") else "/" + rest
+
+
 class Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):
         pass
@@ -85,7 +97,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
-        url = urlparse(self.path)
+        url = urlparse(unprefixed(self.path))
         if url.path == "/healthz":
             ok = time.monotonic() - started >= ready_after and not sick.is_set()
             if ready_file is not None:
@@ -93,7 +105,7 @@ class Handler(BaseHTTPRequestHandler):
                 ok = ok and os.path.exists(os.path.join(model, ready_file))
             self.answer(200 if ok else 503, {"ok": ok})
         elif url.path == "/env":
-            keys = [k for k in os.environ if k.startswith("FLOWERS_") or k == "CUDA_VISIBLE_DEVICES"]
+            keys = [k for k in os.environ if k.startswith("FLOWERS_") or k in ("CUDA_VISIBLE_DEVICES", "PYTHONPATH", "WORKLOAD_MARK")]
             self.answer(200, {k: os.environ[k] for k in keys})
         elif url.path == "/headers":
             self.answer(200, {k.lower(): v for k, v in self.headers.items()})
@@ -113,7 +125,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
     def do_POST(self):
-        url = urlparse(self.path)
+        url = urlparse(unprefixed(self.path))
         length = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(length).decode() if length else ""
         if url.path == "/sleep":
