@@ -400,7 +400,12 @@ class _Progress:
             run = _control.env("FLOWERS_RUN_ID")
             _control.call("POST", "/v1/runs/%s/progress" % run, body, timeout=5.0, retry=0)
         except (Unreachable, ControlAPIError) as error:
-            if isinstance(error, ControlAPIError) and error.status < 500:
+            older_flowers = (
+                isinstance(error, ControlAPIError)
+                and error.status == 404
+                and error.message.startswith("no such endpoint")
+            )
+            if isinstance(error, ControlAPIError) and error.status < 500 and not older_flowers:
                 raise
             if not self.warned:
                 self.warned = True
