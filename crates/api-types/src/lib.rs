@@ -7,6 +7,8 @@
 
 mod models;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -114,7 +116,7 @@ pub struct ResourcesInfo {
     pub vram_bytes: Option<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ServiceInfo {
     pub name: String,
     /// `running` (all replicas ready), `starting`, `degraded` (some ready), `waiting` (cannot
@@ -131,7 +133,7 @@ pub struct ServiceInfo {
     pub runs: Vec<RunInfo>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobInfo {
     pub name: String,
     /// `idle` (never started), `waiting`, `running`, `restarting`, `stopping`, `succeeded`,
@@ -146,7 +148,7 @@ pub struct JobInfo {
     pub last_run: Option<RunInfo>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RunInfo {
     pub id: String,
     pub owner: String,
@@ -173,6 +175,33 @@ pub struct RunInfo {
     pub started_ms: Option<i64>,
     pub ready_ms: Option<i64>,
     pub ended_ms: Option<i64>,
+    /// What the Run last reported of its progress (`POST /v1/runs/{id}/progress`).
+    pub progress: Option<ProgressInfo>,
+}
+
+/// How far a Run has come, as its process reports it (the Python SDK's `flowers.report()`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProgressInfo {
+    /// Steps done: epochs, batches, files, whatever the job counts.
+    pub step: Option<u64>,
+    /// Steps in all, when known; not below `step`.
+    pub total: Option<u64>,
+    /// Finite numbers by name (at most 64).
+    pub metrics: BTreeMap<String, f64>,
+    /// When Flowers received it.
+    pub updated_ms: i64,
+}
+
+/// A Run's report of its progress; it replaces the one before.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportProgress {
+    #[serde(default)]
+    pub step: Option<u64>,
+    #[serde(default)]
+    pub total: Option<u64>,
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use api_types::{
-    EventInfo, GpuProcessInfo, JobInfo, ModelInfo, PromoteInfo, PromotionInfo, ResourcesInfo,
-    RunInfo, ServiceInfo, Telemetry, VersionInfo,
+    EventInfo, GpuProcessInfo, JobInfo, ModelInfo, ProgressInfo, PromoteInfo, PromotionInfo,
+    ResourcesInfo, RunInfo, ServiceInfo, Telemetry, VersionInfo,
 };
 use domain::{DeviceKind, GpuTelemetry, OwnerKind, PromotePolicy, ResourceRequest, VersionState};
 use orchestrator::{JobView, ModelView, ServiceView};
@@ -35,6 +35,12 @@ pub fn run(record: &RunRecord) -> RunInfo {
         started_ms: record.started_ms,
         ready_ms: record.ready_ms,
         ended_ms: record.ended_ms,
+        progress: record.progress.as_ref().map(|p| ProgressInfo {
+            step: p.step,
+            total: p.total,
+            metrics: p.metrics.clone(),
+            updated_ms: p.updated_ms,
+        }),
     }
 }
 

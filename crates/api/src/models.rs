@@ -36,7 +36,7 @@ fn find_model(state: &AppState, name: &str) -> Result<ModelView, ApiFailure> {
 /// A JSON body, strictly: what is wrong is said with where it is (`metrics.loss: invalid
 /// type: string "low", expected f64 at line 1 column 40`). Any content type is accepted, so a
 /// `curl -d` without a header works too.
-fn json_body<T: DeserializeOwned>(
+pub(crate) fn json_body<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     example: &str,
 ) -> Result<T, ApiFailure> {

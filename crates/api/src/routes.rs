@@ -1,7 +1,8 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
@@ -17,9 +18,9 @@ use utoipa::{IntoParams, OpenApi};
 
 use api_types::{
     ActionResponse, AllocationInfo, ApiError, DeviceInfo, DevicesResponse, EventInfo,
-    GpuProcessInfo, JobInfo, ModelDetail, ModelInfo, PromoteInfo, PromoteRequest, PromotionInfo,
-    RegisterVersion, RegisteredInfo, ResourcesInfo, RunInfo, ServerInfo, ServiceInfo, Telemetry,
-    VersionInfo,
+    GpuProcessInfo, JobInfo, ModelDetail, ModelInfo, ProgressInfo, PromoteInfo, PromoteRequest,
+    PromotionInfo, RegisterVersion, RegisteredInfo, ReportProgress, ResourcesInfo, RunInfo,
+    ServerInfo, ServiceInfo, Telemetry, VersionInfo,
 };
 use api_types::{
     GatewayReport, GatewayRouteInfo, LatencyBucket, LatencyInfo, StatusClasses, TrafficInfo,
@@ -56,6 +57,7 @@ use crate::{convert, models, AppState};
         list_runs,
         get_run,
         stop_run,
+        report_progress,
         run_logs,
         events,
         openapi,
@@ -82,6 +84,8 @@ use crate::{convert, models, AppState};
         RegisteredInfo,
         PromoteRequest,
         RunInfo,
+        ProgressInfo,
+        ReportProgress,
         EventInfo,
         ActionResponse,
         GatewayReport,
@@ -120,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs", get(list_runs))
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/runs/{id}/stop", post(stop_run))
+        .route("/v1/runs/{id}/progress", post(report_progress))
         .route("/v1/runs/{id}/logs", get(run_logs))
         .route("/v1/events", get(events))
         .route("/v1/openapi.json", get(openapi))
@@ -439,6 +444,38 @@ async fn stop_run(
             run: Some(id),
         }),
     ))
+}
+
+#[utoipa::path(post, path = "/v1/runs/{id}/progress",
+    description = "A Run reports how far it has come (steps, total, metrics); the report replaces the one before \
+                   and shows in `flowers ps` and on the Run. Only a Run that has not ended may report.",
+    params(("id" = String, Path, description = "Run id")),
+    request_body = ReportProgress,
+    responses((status = 200, body = ActionResponse), (status = 400, body = ApiError),
+              (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn report_progress(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ActionResponse>, ApiFailure> {
+    let report: ReportProgress = crate::models::json_body(
+        body,
+        r#"{"step": 3, "total": 10, "metrics": {"loss": 0.4}}"#,
+    )?;
+    let progress = domain::Progress {
+        step: report.step,
+        total: report.total,
+        metrics: report.metrics,
+        updated_ms: 0,
+    };
+    state
+        .orchestrator
+        .report_progress(&RunId(id.clone()), progress)
+        .await?;
+    Ok(Json(ActionResponse {
+        message: format!("progress of {id} recorded"),
+        run: Some(id),
+    }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -94,6 +94,16 @@ impl Client {
     pub async fn stop_run(&self, id: &str) -> Result<ActionResponse, ClientError> {
         self.post(&format!("/v1/runs/{}/stop", encode(id))).await
     }
+    /// Reports a Run's progress (what the Python SDK's `flowers.report()` sends).
+    pub async fn report_progress(
+        &self,
+        id: &str,
+        progress: &ReportProgress,
+    ) -> Result<ActionResponse, ClientError> {
+        let url = format!("{}/v1/runs/{}/progress", self.base, encode(id));
+        let response = self.send(self.http.post(&url).json(progress), &url).await?;
+        decode(response, &url).await
+    }
     pub async fn reset_service(&self, name: &str) -> Result<ActionResponse, ClientError> {
         self.post(&format!("/v1/services/{}/reset", encode(name)))
             .await

@@ -20,7 +20,7 @@ pub use device::{Device, DeviceId, DeviceKind, GpuProcess, GpuTelemetry};
 pub use event::{Event, EventKind, NewEvent};
 pub use model::{MetricMode, Metrics, ModelSpec, PromotePolicy, VersionState};
 pub use name::{Name, NameError};
-pub use run::{ExitStatus, OwnerKind, RunId, RunOwner, RunState};
+pub use run::{ExitStatus, OwnerKind, Progress, RunId, RunOwner, RunState};
 pub use spec::{
     JobSpec, ProbeSpec, ResourceRequest, RestartPolicy, RestartSpec, RouteSpec, ServiceSpec,
 };

@@ -193,6 +193,19 @@ fn run_summary(run: &RunInfo) -> String {
     format!("{} ({})", run.id, parts.join(", "))
 }
 
+/// What a job's Run last reported: `120/1000 (12%) loss=0.31`.
+fn progress_summary(run: &RunInfo) -> Option<String> {
+    let progress = run.progress.as_ref()?;
+    let summary = domain::Progress {
+        step: progress.step,
+        total: progress.total,
+        metrics: progress.metrics.clone(),
+        updated_ms: progress.updated_ms,
+    }
+    .summary();
+    (!summary.is_empty()).then_some(summary)
+}
+
 /// The model versions a service's replicas serve (`3`, or `2,3` during a promotion), or `-`.
 fn served_versions(runs: &[RunInfo]) -> String {
     let versions: std::collections::BTreeSet<u32> =
@@ -208,7 +221,7 @@ async fn ps(client: &Client, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut table = Table::new(&[
-        "NAME", "KIND", "STATE", "READY", "VERSION", "UPTIME", "RUNS",
+        "NAME", "KIND", "STATE", "READY", "VERSION", "UPTIME", "PROGRESS", "RUNS",
     ]);
     let mut reasons = Vec::new();
     for service in &services {
@@ -220,6 +233,7 @@ async fn ps(client: &Client, json: bool) -> anyhow::Result<()> {
             format!("{}/{}", service.ready_replicas, service.replicas),
             served_versions(&service.runs),
             age(oldest_start),
+            "-".into(),
             if service.runs.is_empty() {
                 "-".into()
             } else {
@@ -244,6 +258,7 @@ async fn ps(client: &Client, json: bool) -> anyhow::Result<()> {
             "-".into(),
             "-".into(),
             age(live.and_then(|r| r.started_ms)),
+            dash(job.last_run.as_ref().and_then(progress_summary)),
             dash(job.last_run.as_ref().map(run_summary)),
         ]);
         if let Some(reason) = &job.reason {

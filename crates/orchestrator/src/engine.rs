@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use domain::{
     now_ms, ByteSize, DeviceId, EventKind, ExitStatus, JobSpec, ModelSpec, Name, NewEvent,
-    OwnerKind, ProbeSpec, RestartPolicy, RunId, RunOwner, RunState, ServiceSpec, VersionState,
+    OwnerKind, ProbeSpec, Progress, RestartPolicy, RunId, RunOwner, RunState, ServiceSpec,
+    VersionState,
 };
 use scheduler::{Allocation, Request, RequestClass, Snapshot};
 use store::{NewRun, OwnerState, RunFilter, RunRecord, RunUpdate, Store};
@@ -641,6 +642,14 @@ impl Engine {
                 }
                 let _ = reply.send(answer);
             }
+            Command::ReportProgress {
+                run,
+                progress,
+                reply,
+            } => {
+                let answer = self.report_progress(&run, progress);
+                let _ = reply.send(answer);
+            }
             Command::Promote {
                 model,
                 version,
@@ -721,6 +730,29 @@ impl Engine {
             "stopping {run} (SIGTERM, then SIGKILL after {})",
             humantime_secs(grace)
         ))
+    }
+
+    fn report_progress(&mut self, run: &RunId, progress: Progress) -> Result<(), Error> {
+        let Some(live) = self.runs.get_mut(run) else {
+            return match self.store.run(run)? {
+                Some(_) => Err(Error::RunEnded(run.to_string())),
+                None => Err(Error::UnknownRun(run.to_string())),
+            };
+        };
+        live.record.progress = Some(progress.clone());
+        if let Some(job) = self.jobs.get_mut(&live.record.owner.name) {
+            if let Some(last) = job.last_run.as_mut().filter(|last| last.id == *run) {
+                last.progress = Some(progress.clone());
+            }
+        }
+        self.store.update_run(
+            run,
+            &RunUpdate {
+                progress: Some(progress),
+                ..Default::default()
+            },
+        )?;
+        Ok(())
     }
 
     fn reset(&mut self, name: &str) -> Result<String, Error> {

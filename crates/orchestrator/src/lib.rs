@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{Device, Event, JobSpec, Metrics, ModelSpec, Name, RunId, ServiceSpec};
+use domain::{Device, Event, JobSpec, Metrics, ModelSpec, Name, Progress, RunId, ServiceSpec};
 use store::{Store, VersionRecord};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -145,6 +145,11 @@ pub(crate) enum Command {
         registration: Registration,
         staged: versions::Staged,
         reply: oneshot::Sender<Result<Registered, Error>>,
+    },
+    ReportProgress {
+        run: RunId,
+        progress: Progress,
+        reply: oneshot::Sender<Result<(), Error>>,
     },
     Promote {
         model: String,
@@ -270,6 +275,23 @@ impl Handle {
             reply,
         })
         .await
+    }
+
+    /// Records how far a Run has come (what its process reports; shown in `flowers ps`). Only
+    /// a Run that has not ended may report; `updated_ms` is set here.
+    pub async fn report_progress(&self, run: &RunId, mut progress: Progress) -> Result<(), Error> {
+        progress.check().map_err(Error::Refused)?;
+        progress.updated_ms = domain::now_ms();
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(engine::Input::Command(Command::ReportProgress {
+                run: run.clone(),
+                progress,
+                reply,
+            }))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
     }
 
     /// Promotes again the version that was promoted before the current one.

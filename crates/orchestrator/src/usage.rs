@@ -197,6 +197,7 @@ mod tests {
             ready_ms: None,
             ended_ms: None,
             model_version: None,
+            progress: None,
         }
     }
 

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use domain::{ByteSize, DeviceId, ExitStatus, RunId, RunOwner, RunState};
+use domain::{ByteSize, DeviceId, ExitStatus, Progress, RunId, RunOwner, RunState};
 use rusqlite::types::Value;
 use rusqlite::{params, Row};
 use serde::Serialize;
@@ -50,6 +50,8 @@ pub struct RunRecord {
     pub ended_ms: Option<i64>,
     /// The version of its service's Model the Run serves, if the service follows one.
     pub model_version: Option<u32>,
+    /// What a job's Run last reported of its progress.
+    pub progress: Option<Progress>,
 }
 
 /// A change to a Run: only the `Some` fields are written.
@@ -68,6 +70,8 @@ pub struct RunUpdate {
     /// Where the Run's logs and exit status live; set once the id (and so the name of the
     /// directory) is known.
     pub run_dir: Option<PathBuf>,
+    /// Replaces the progress the Run last reported.
+    pub progress: Option<Progress>,
 }
 
 /// Which Runs [`Store::runs`] returns; the default is all of them.
@@ -83,7 +87,7 @@ pub struct RunFilter {
 
 const RUN_COLUMNS: &str = "id, owner_kind, owner_name, replica, state, device, vram_reserved, \
     port, pid, pid_start_ticks, child_pid, spec_hash, run_dir, attempt, exit_code, exit_signal, \
-    reason, created_ms, started_ms, ready_ms, ended_ms, model_version";
+    reason, created_ms, started_ms, ready_ms, ended_ms, model_version, progress";
 
 impl Store {
     /// Records a new Run in state `Starting` and gives it the next id (`<owner>-<seq>`).
@@ -150,6 +154,7 @@ impl Store {
             ready_ms: None,
             ended_ms: None,
             model_version: new.model_version,
+            progress: None,
         })
     }
 
@@ -194,6 +199,11 @@ impl Store {
                 )
             })?;
             assignments.push(("run_dir", Value::Text(text.to_string())));
+        }
+        if let Some(progress) = &update.progress {
+            let json = serde_json::to_string(progress)
+                .map_err(|error| StoreError::invalid("progress", error.to_string()))?;
+            assignments.push(("progress", Value::Text(json)));
         }
         for (column, value) in [
             ("started_ms", update.started_ms),
@@ -336,6 +346,13 @@ fn run_from_row(row: &Row<'_>) -> Result<RunRecord, StoreError> {
         ready_ms: row.get("ready_ms")?,
         ended_ms: row.get("ended_ms")?,
         model_version: narrow_opt(row.get("model_version")?, || place("model_version"))?,
+        progress: row
+            .get::<_, Option<String>>("progress")?
+            .map(|json| {
+                serde_json::from_str(&json)
+                    .map_err(|error| StoreError::Corrupt(format!("{}: {error}", place("progress"))))
+            })
+            .transpose()?,
         id,
     })
 }
@@ -464,6 +481,36 @@ mod tests {
             store.run(&run.id).unwrap().unwrap().exit,
             Some(ExitStatus::exited(3))
         );
+    }
+
+    #[test]
+    fn progress_is_replaced_and_read_back() {
+        let (_dir, store) = temp_store();
+        let run = store
+            .insert_run(&new_run("train", OwnerKind::Job, 0))
+            .unwrap();
+        assert_eq!(store.run(&run.id).unwrap().unwrap().progress, None);
+        for step in [1, 2] {
+            let progress = Progress {
+                step: Some(step),
+                total: Some(10),
+                metrics: [("loss".to_string(), 1.0 / step as f64)].into(),
+                updated_ms: 5,
+            };
+            store
+                .update_run(
+                    &run.id,
+                    &RunUpdate {
+                        progress: Some(progress.clone()),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            assert_eq!(
+                store.run(&run.id).unwrap().unwrap().progress,
+                Some(progress)
+            );
+        }
     }
 
     #[test]

@@ -114,6 +114,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX promotions_by_model ON promotions (model, id);
     "#,
+    // Version 3: the progress a job's Run last reported (JSON), kept after it ends.
+    r#"
+    ALTER TABLE runs ADD COLUMN progress TEXT;
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -232,3 +232,94 @@ async fn a_job_waits_for_a_device_services_hold_and_runs_when_one_frees() {
     assert_eq!(service.ready_replicas, 1);
     assert_eq!(service.runs.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_reports_progress_that_ps_and_the_api_show() {
+    let server = TestServer::start(&job(
+        "train",
+        "env = { WORKLOAD_NO_SERVER = \"1\" }\nautostart = true",
+    ))
+    .await;
+    let job = job_in_state(&server, "train", "running").await;
+    let run = job.last_run.unwrap();
+    assert_eq!(run.progress, None);
+
+    let report = client::ReportProgress {
+        step: Some(120),
+        total: Some(1000),
+        metrics: [("loss".to_string(), 0.3125)].into(),
+    };
+    server
+        .client
+        .report_progress(&run.id, &report)
+        .await
+        .unwrap();
+    let progress = server.client.run(&run.id).await.unwrap().progress.unwrap();
+    assert_eq!(
+        (progress.step, progress.total, progress.metrics.clone()),
+        (Some(120), Some(1000), report.metrics.clone())
+    );
+    assert!(progress.updated_ms > 0);
+    let (code, out, err) = server.cli(&["ps"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("PROGRESS"), "{out}");
+    assert!(out.contains("120/1000 (12%) loss=0.312"), "{out}");
+
+    // Bad reports are refused with what is wrong, and the last good one stays.
+    let url = format!(
+        "http://127.0.0.1:{}/v1/runs/{}/progress",
+        server.api_port, run.id
+    );
+    let http = reqwest::Client::new();
+    for (body, status, says) in [
+        (
+            r#"{"step": 11, "total": 10}"#,
+            400,
+            "step 11 is beyond total 10",
+        ),
+        (r#"{"step": -1}"#, 400, "step: invalid value: integer `-1`"),
+        (
+            r#"{"metrics": {"loss": "low"}}"#,
+            400,
+            "metrics.loss: invalid type",
+        ),
+        (r#"{"steps": 1}"#, 400, "unknown field `steps`"),
+        ("{", 400, "request body: EOF while parsing"),
+    ] {
+        let response = http.post(&url).body(body).send().await.unwrap();
+        let message = crate::api::error_message(response, status, "bad_request").await;
+        assert!(message.contains(says), "{body}: {message}");
+    }
+    let unknown = http
+        .post(format!(
+            "http://127.0.0.1:{}/v1/runs/nope-99/progress",
+            server.api_port
+        ))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    crate::api::error_message(unknown, 404, "not_found").await;
+    assert_eq!(
+        server
+            .client
+            .run(&run.id)
+            .await
+            .unwrap()
+            .progress
+            .unwrap()
+            .step,
+        Some(120)
+    );
+
+    // An ended Run reports no more; what it reported last stays on its record.
+    server.client.stop_run(&run.id).await.unwrap();
+    job_in_state(&server, "train", "stopped").await;
+    let late = server.client.report_progress(&run.id, &report).await;
+    assert!(
+        matches!(&late, Err(ClientError::Api { status, .. }) if *status == 409),
+        "{late:?}"
+    );
+    let kept = server.client.job("train").await.unwrap().last_run.unwrap();
+    assert_eq!(kept.progress.unwrap().step, Some(120));
+}
