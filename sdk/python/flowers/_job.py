@@ -41,6 +41,8 @@ FileContent = Union[bytes, bytearray, memoryview, str, Iterable[bytes]]
 CHECKPOINTS_DIR = ".checkpoints"
 #: ``report()`` sends at most one update per this many seconds; the latest values win.
 REPORT_INTERVAL = 1.0
+#: Flowers keeps at most this many metrics in a Run's progress.
+MAX_REPORTED_METRICS = 64
 
 _TEMP_NAME = re.compile(r"^tmp-(\d+)-(\d+)$")
 
@@ -441,7 +443,15 @@ def report(
     total_value = _count("total", total)
     if step_value is not None and total_value is not None and total_value < step_value:
         raise ValueError(f"total ({total_value}) must be at least step ({step_value})")
-    body = {"step": step_value, "total": total_value, "metrics": _metrics(metrics)}
+    clean = _metrics(metrics)
+    if len(clean) > MAX_REPORTED_METRICS:
+        raise ValueError(
+            f"{len(clean)} metrics reported; Flowers keeps at most {MAX_REPORTED_METRICS}"
+        )
+    for name in clean:
+        if len(name.encode("utf-8")) > 64 or not name.isprintable():
+            raise ValueError(f"metric name {name!r} must be 1 to 64 printable characters")
+    body = {"step": step_value, "total": total_value, "metrics": clean}
     _control.control_url()
     _control.env("FLOWERS_RUN_ID")
     _progress.offer(body)

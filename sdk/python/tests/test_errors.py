@@ -50,6 +50,9 @@ def job_env(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path):
         ({"metrics": {1: 0.5}}, TypeError, "metric names must be str"),
         ({"metrics": {"loss": "low"}}, TypeError, "metric 'loss' must be a number"),
         ({"metrics": [0.5]}, TypeError, "metrics must be a dict"),
+        ({"metrics": {f"m{i}": 1.0 for i in range(65)}}, ValueError, "at most 64"),
+        ({"metrics": {"x" * 65: 1.0}}, ValueError, "1 to 64 printable characters"),
+        ({"metrics": {"a\nb": 1.0}}, ValueError, "1 to 64 printable characters"),
     ],
 )
 def test_report_checks_its_arguments_first(kwargs, error, words):

@@ -8,10 +8,11 @@ import os
 import pathlib
 import re
 import signal
+import subprocess
 
 import pytest
 
-from conftest import job_toml, script, service_toml
+from conftest import flowers_bin, job_toml, script, service_toml
 
 # Run 1: one good checkpoint, then one written slowly (the test kills it mid-write).
 # Run 2: resumes from version 1 and checkpoints again.
@@ -195,6 +196,9 @@ def test_progress_shows_in_the_run(start_flowers, tmp_path):
     )
     assert (progress["step"], progress["total"], progress["metrics"]) == (5, 5, {"loss": 0.2})
     assert progress["updated_ms"] > 0
+    ps = subprocess.run([str(flowers_bin()), "ps", "--api", f"http://127.0.0.1:{server.api_port}"],
+                        capture_output=True, text=True, timeout=30)
+    assert "5/5 (100%) loss=0.2" in ps.stdout, ps.stdout + ps.stderr
     gate.touch()
     assert server.ended(run)["exit_code"] == 0
     assert "progress not reported" not in server.output(run)
