@@ -13,10 +13,28 @@ table row per fact:
   - adoption: after `kill -9` of Flowers, the restarted Flowers adopts the Run (same pid);
   - release: after `flowers stop`, the process is gone from NVML and its memory is free.
 
+Then it runs examples/train-and-serve end to end on the GPU (no CPU slots): a job that learns
+to read digits with PyTorch beside the service that serves its promoted versions, sharing one
+GPU through VRAM budgets:
+
+  - example ready: the first promoted version answers through the gateway, on the torch backend;
+  - example pinning: the service's and the job's processes got CUDA_VISIBLE_DEVICES = the GPU's
+    UUID (read from /proc/PID/environ);
+  - example VRAM: each Run's reservation (budget) beside what NVML says its processes use;
+  - example load: GET /digits/predict from a thread pool through the gateway for
+    GPU_CHECK_LOAD_SECONDS (40): no failed request, and at least one version promoted during
+    the load answered afterwards (blue/green on one GPU).
+
+The example needs the SDK (sdk/python of this tree, put on PYTHONPATH) and the digits data:
+scikit-learn, or .gpu/digits.csv.gz (see scripts/gpu-check), given to it as EXAMPLE_DIGITS.
+`--only basic` or `--only example` runs one part.
+
 Standard library only, plus PyTorch inside the workload (skipped with a clear row if absent).
 Exit status 0 when every check passed, 1 otherwise, 2 when there is no GPU to check.
 """
 
+import argparse
+import concurrent.futures
 import json
 import os
 import shutil
@@ -29,6 +47,8 @@ import time
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+EXAMPLE = os.path.join(REPO, "examples", "train-and-serve")
 WORKLOAD = r'''
 import json, os, sys, time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -130,8 +150,8 @@ def check_ledger(run, used_mib, charged):
         f"Flowers charges {charged_mib} MiB to {run['id']} (NVML: {used_mib} MiB); event: {event['message']}")
 
 
-def main():
-    binary = find_binary()
+def check_basic(binary):
+    """The GPU path with a tiny workload; returns 2 when there is no GPU to check."""
     work = tempfile.mkdtemp(prefix="flowers-gpu-check-")
     api_port, gateway_port = free_port(), free_port()
     api = f"http://127.0.0.1:{api_port}"
@@ -237,10 +257,192 @@ start_timeout = "120s"
         out = os.environ.get("OUT")
         if out:
             shutil.copy(os.path.join(work, "flowers.log"), os.path.join(out, "flowers.log"))
+    return 0
+
+
+def proc_env(pid, name):
+    """An environment variable of a running process (Runs are this user's), or None."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            for item in f.read().split(b"\0"):
+                key, _, value = item.partition(b"=")
+                if key.decode(errors="replace") == name:
+                    return value.decode(errors="replace")
+    except OSError:
+        return None
+    return None
+
+
+def example_environment():
+    """Flowers' environment for the example: the tree's SDK, the digits data, our python3."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    sdk = os.path.join(REPO, "sdk", "python")
+    if os.path.isdir(os.path.join(sdk, "flowers")):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [sdk, env.get("PYTHONPATH")] if p)
+    carried = os.path.join(REPO, ".gpu", "digits.csv.gz")
+    if not env.get("EXAMPLE_DIGITS") and os.path.isfile(carried):
+        env["EXAMPLE_DIGITS"] = carried
+    env.pop("FLOWERS_API", None)
+    return env
+
+
+def send_load(url, seconds, clients=8):
+    """GET url?index=… from `clients` threads for `seconds`: [(start, version or None, error)]."""
+    deadline = time.monotonic() + seconds
+
+    def client(number):
+        samples, i = [], number
+        while time.monotonic() < deadline:
+            start = time.time()
+            try:
+                with urllib.request.urlopen(f"{url}?index={i % 450}", timeout=60) as response:
+                    samples.append((start, json.loads(response.read())["version"], None))
+            except Exception as error:  # every failure counts, whatever it is
+                body = error.read().decode(errors="replace")[:200] if hasattr(error, "read") else ""
+                samples.append((start, None, f"{error} {body}".strip()))
+            i += clients
+        return samples
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        return [s for part in pool.map(client, range(clients)) for s in part]
+
+
+def check_example(binary):
+    """examples/train-and-serve on the GPU: training beside serving, promotion under load."""
+    work = tempfile.mkdtemp(prefix="flowers-gpu-example-")
+    api_port, gateway_port = free_port(), free_port()
+    api, gateway = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{gateway_port}"
+    env = example_environment()
+    if not os.path.isdir(os.path.join(REPO, "sdk", "python", "flowers")) and "PYTHONPATH" not in os.environ:
+        print("example: no sdk/python in this tree; relying on the binary to give Runs the SDK", flush=True)
+    log = open(os.path.join(work, "flowers.log"), "ab")
+    flowers = subprocess.Popen(
+        [binary, "up", "--config", os.path.join(EXAMPLE, "flowers.toml"), "--cpu-slots", "0",
+         "--api-listen", f"127.0.0.1:{api_port}", "--gateway-listen", f"127.0.0.1:{gateway_port}",
+         "--data-dir", os.path.join(work, "data")],
+        cwd=work, env=env, stdout=log, stderr=log)
+    try:
+        wait_for("the control API", lambda: get(f"{api}/v1/status"))
+        gpus = {d["id"]: d for d in get(f"{api}/v1/devices")["devices"] if d["kind"] == "gpu"}
+        if not gpus:
+            row("example", None, f"no GPU: {get(f'{api}/v1/devices')['gpu_status']}")
+            return 2
+
+        def served():
+            service = get(f"{api}/v1/services/digits")
+            if service["state"] == "crash_loop":
+                raise SystemExit(f"the example's service is in a crash loop: {service['reason']}")
+            job = get(f"{api}/v1/jobs/train-digits")
+            if job["state"] == "failed":
+                raise SystemExit(f"the example's job failed: {job['reason']} (log: {work}/data/runs/)")
+            return get(f"{gateway}/digits", timeout=30) if service["ready_replicas"] >= 1 else None
+        try:
+            info = wait_for("the example's first version to be served", served, seconds=240)
+        except SystemExit as error:
+            row("example ready", False, str(error))
+            return 1
+        row("example ready", info.get("backend") == "torch",
+            f"version {info['version']} answers through the gateway, backend {info.get('backend')} "
+            f"(trained with {info.get('trained_by')})")
+
+        job = wait_for("the example's job to run",
+                       lambda: (lambda j: j if j["last_run"] and j["last_run"]["state"] == "running" else None)(
+                           get(f"{api}/v1/jobs/train-digits")), seconds=60)
+        service = get(f"{api}/v1/services/digits")
+        runs = [r for r in service["runs"] if r["state"] == "ready"][:1] + [job["last_run"]]
+        pins = []
+        pinned = True
+        for run in runs:
+            device = gpus.get(run["device"])
+            visible = proc_env(run["child_pid"], "CUDA_VISIBLE_DEVICES")
+            ok = device is not None and visible == device["uuid"]
+            pinned = pinned and ok
+            pins.append(f"{run['id']} on {run['device']}: CUDA_VISIBLE_DEVICES={visible}")
+        row("example pinning", pinned, "; ".join(pins))
+
+        def charged():
+            devices = get(f"{api}/v1/devices")["devices"]
+            allocations = {a["run"]: a for d in devices for a in d["allocations"]}
+            mine = [allocations.get(r["id"]) for r in runs]
+            return mine if all(a and a.get("vram_used_bytes") for a in mine) else None
+        try:
+            allocations = wait_for("NVML readings of the example's Runs", charged, seconds=30)
+            row("example VRAM", all(a["vram_bytes"] for a in allocations),
+                "; ".join(f"{a['run']} ({a['owner']}): budget {(a['vram_bytes'] or 0) // 2**20} MiB, "
+                          f"NVML {a['vram_used_bytes'] // 2**20} MiB" for a in allocations))
+        except TimeoutError:
+            devices = get(f"{api}/v1/devices")["devices"]
+            shown = [f"{a['run']}: budget {(a['vram_bytes'] or 0) // 2**20} MiB, NVML "
+                     f"{'-' if a.get('vram_used_bytes') is None else a['vram_used_bytes'] // 2**20} MiB"
+                     for d in devices for a in d["allocations"]]
+            row("example VRAM", False if info.get("backend") == "torch" else None,
+                "no NVML reading of every Run's memory: " + "; ".join(shown))
+        print(cli_output(binary, api, "gpus"), flush=True)
+
+        seconds = float(os.environ.get("GPU_CHECK_LOAD_SECONDS", "40"))
+        start = time.time()
+        samples = send_load(f"{gateway}/digits/predict", seconds)
+        end = time.time()
+        model = get(f"{api}/v1/models/digits")
+        accuracy = {v["version"]: v["metrics"].get("accuracy") for v in model["versions"]}
+        promoted = sorted((p["time_ms"] / 1000, p["version"]) for p in model["promotions"]
+                          if start <= p["time_ms"] / 1000 <= end)
+        served_after = [v for t, v in promoted if any(s[1] == v and s[0] >= t for s in samples)]
+        failures = [s for s in samples if s[2] is not None]
+        answered = {}
+        for _, version, _ in samples:
+            if version is not None:
+                answered[version] = answered.get(version, 0) + 1
+        climb = " → ".join(f"v{v} {accuracy.get(v, 0):.3f}" for _, v in promoted)
+        detail = (f"{len(samples)} requests in {end - start:.0f}s, {len(failures)} failed; promoted during "
+                  f"the load: {climb or 'none'} (answered afterwards: {served_after}); answers by version: "
+                  f"{dict(sorted(answered.items()))}")
+        if failures:
+            detail += f"; first failure: {failures[0][2]}"
+        row("example load", bool(samples) and not failures and bool(served_after), detail)
+        return 0
+    except Exception as error:
+        row("example", False, f"{type(error).__name__}: {error}")
+        return 1
+    finally:
+        if flowers.poll() is None:
+            flowers.send_signal(signal.SIGTERM)
+            try:
+                flowers.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                flowers.kill()
+        log.close()
+        out = os.environ.get("OUT")
+        if out:
+            shutil.copy(os.path.join(work, "flowers.log"), os.path.join(out, "flowers-example.log"))
+            runs = os.path.join(work, "data", "runs")
+            for run in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
+                source = os.path.join(runs, run, "output.log")
+                if os.path.isfile(source):
+                    shutil.copy(source, os.path.join(out, f"example-{run}.log"))
+
+
+def cli_output(binary, api, *args):
+    return subprocess.run([binary, "--api", api, *args], capture_output=True, text=True).stdout
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Flowers' GPU path end to end (see scripts/gpu-check)")
+    parser.add_argument("--only", choices=("basic", "example"), help="run one part of the check")
+    args = parser.parse_args()
+    binary = find_binary()
+    status = 0
+    if args.only != "example":
+        status = check_basic(binary)
+    if status != 2 and args.only != "basic":
+        status = check_example(binary)
 
     print("\n| check | result | detail |\n| --- | --- | --- |")
-    for check, status, detail in rows:
-        print(f"| {check} | {status} | {detail} |")
+    for check, result, detail in rows:
+        print(f"| {check} | {result} | {detail} |")
+    if status == 2 and not failed:
+        return 2
     return 1 if failed else 0
 
 

@@ -10,6 +10,12 @@
 //! SIGKILL a few times. The report: requests, failures, versions answered, promotions and
 //! whether each was served, preemptions, kills, and p50/p99 latency steady versus during swaps.
 //! The exit status is non-zero when any request failed or any check did not hold.
+//!
+//! `--config FILE` points it at any `flowers.toml` instead (for example
+//! `examples/train-and-serve`): the same child Flowers on free loopback ports, a temporary data
+//! directory and `--cpu-slots`, load on `--path` through the gateway, kills of `--service`'s
+//! serving process, and the versions of the model that service follows, each with its metrics,
+//! so the report shows the promotion policy's metric climbing version after version.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -45,6 +51,28 @@ pub struct AvailabilityArgs {
     /// Keep the temporary directory (config, data, logs) even when everything passed.
     #[arg(long)]
     pub keep: bool,
+    /// Run this flowers.toml instead of the built-in service and job (its listen addresses,
+    /// data directory and CPU slots are replaced by the benchmark's own; `--epoch` does not
+    /// apply to it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The service to send load to and kill; it must follow a model.
+    #[arg(long, default_value = "web")]
+    pub service: String,
+    /// The path sent through the gateway with GET; answers must be JSON with a "version".
+    #[arg(long, default_value = "/predict")]
+    pub path: String,
+    /// CPU slots of the benchmark's Flowers (two: a promotion swaps serving and training).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=256))]
+    pub cpu_slots: u32,
+}
+
+/// What the benchmark runs: a config file, the service it loads and kills, and the model that
+/// service follows.
+struct Target {
+    config: PathBuf,
+    service: String,
+    model: String,
 }
 
 #[derive(Clone, Debug)]
@@ -64,6 +92,12 @@ pub struct Report {
     pub failures: Vec<String>,
     pub requests_per_s: f64,
     pub versions_registered: Vec<u32>,
+    /// The model the service follows.
+    pub model: String,
+    /// The metric its promotion policy compares, if it has one.
+    pub metric: Option<String>,
+    /// Every registered version, oldest first, with its metrics.
+    pub versions: Vec<VersionReport>,
     pub versions_answered: BTreeMap<u32, usize>,
     pub unregistered_answers: usize,
     pub promotions: Vec<PromotionReport>,
@@ -74,6 +108,16 @@ pub struct Report {
     pub checks: Vec<Check>,
     pub passed: bool,
     pub data_dir: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VersionReport {
+    pub version: u32,
+    pub metrics: BTreeMap<String, f64>,
+    /// Whether it was promoted at some point (during the load or before it).
+    pub promoted: bool,
+    /// `ready`, `failed` or `deleted` (its files removed by retention).
+    pub state: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -129,19 +173,13 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-fn write_files(dir: &Path, args: &AvailabilityArgs, api: u16, gateway: u16) -> Result<PathBuf> {
+/// Writes the built-in service, job and config into `dir`. The flags of `flowers up` set the
+/// listen addresses, data directory and CPU slots, as they do for a `--config` file.
+fn write_files(dir: &Path, args: &AvailabilityArgs) -> Result<PathBuf> {
     std::fs::write(dir.join("serve.py"), SERVE_PY)?;
     std::fs::write(dir.join("train.py"), TRAIN_PY)?;
     let config = format!(
         r#"# Written by `flowers bench availability`.
-[server]
-api_listen = "127.0.0.1:{api}"
-gateway_listen = "127.0.0.1:{gateway}"
-data_dir = "data"
-
-[devices]
-cpu_slots = 2
-
 [models.bench]
 promote = {{ metric = "loss", mode = "min" }}
 keep = 4
@@ -202,6 +240,13 @@ fn now_ms() -> f64 {
 }
 
 pub async fn availability(args: AvailabilityArgs, json: bool) -> Result<ExitCode> {
+    if !args.path.starts_with('/') {
+        bail!("--path {:?}: expected a path starting with '/'", args.path);
+    }
+    // A config file that cannot run the benchmark is refused before anything starts.
+    if let Some(config) = &args.config {
+        target(config, &args.service, &config::Overrides::default())?;
+    }
     let python = std::process::Command::new("python3")
         .arg("--version")
         .output();
@@ -236,15 +281,66 @@ pub async fn availability(args: AvailabilityArgs, json: bool) -> Result<ExitCode
     }
 }
 
+/// Loads `config` as `flowers up` will, and finds the service to load and the model it follows.
+fn target(config: &Path, service: &str, overrides: &config::Overrides) -> Result<Target> {
+    if !config.is_file() {
+        bail!("--config {}: no such file", config.display());
+    }
+    let loaded = crate::up::load_config(Some(config), overrides)
+        .map_err(|error| anyhow::anyhow!("--config {}: {error}", config.display()))?;
+    let Some(spec) = loaded.services.get(service) else {
+        let names: Vec<&str> = loaded.services.keys().map(|n| n.as_str()).collect();
+        bail!(
+            "--service {service}: {} has no such service (it has: {})",
+            config.display(),
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+    };
+    let Some(model) = &spec.model else {
+        bail!(
+            "--service {service}: it follows no model in {}; the benchmark needs a service with \
+             `model = \"...\"` and a job that registers versions of it",
+            config.display()
+        );
+    };
+    Ok(Target {
+        config: config.to_path_buf(),
+        service: service.to_string(),
+        model: model.to_string(),
+    })
+}
+
 async fn run(args: &AvailabilityArgs, dir: &Path) -> Result<Report> {
     let api_port = free_port()?;
     let gateway_port = free_port()?;
-    let config = write_files(dir, args, api_port, gateway_port)?;
+    let overrides = config::Overrides {
+        api_listen: Some(([127, 0, 0, 1], api_port).into()),
+        gateway_listen: Some(([127, 0, 0, 1], gateway_port).into()),
+        data_dir: Some(dir.join("data")),
+        cpu_slots: Some(args.cpu_slots),
+    };
+    let config = match &args.config {
+        Some(config) => std::path::absolute(config)?,
+        None => write_files(dir, args)?,
+    };
+    let target = target(&config, &args.service, &overrides)?;
     let log = std::fs::File::create(dir.join("flowers.log"))?;
     let child = std::process::Command::new(std::env::current_exe()?)
         .arg("up")
         .arg("--config")
-        .arg(&config)
+        .arg(&target.config)
+        .arg("--api-listen")
+        .arg(overrides.api_listen.unwrap().to_string())
+        .arg("--gateway-listen")
+        .arg(overrides.gateway_listen.unwrap().to_string())
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--cpu-slots")
+        .arg(args.cpu_slots.to_string())
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -259,22 +355,9 @@ async fn run(args: &AvailabilityArgs, dir: &Path) -> Result<Report> {
     })
     .await?;
     // The job registers the first version, which is promoted and served.
-    wait_for(
-        "the first version to be served",
-        Duration::from_secs(90),
-        || {
-            let control = control.clone();
-            async move {
-                control
-                    .service("web")
-                    .await
-                    .is_ok_and(|s| s.ready_replicas >= 1)
-            }
-        },
-    )
-    .await?;
+    first_version_served(&control, &target, dir).await?;
 
-    let gateway = format!("http://127.0.0.1:{gateway_port}/predict");
+    let gateway = format!("http://127.0.0.1:{gateway_port}{}", args.path);
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let started = Instant::now();
     let load_start_ms = now_ms();
@@ -301,7 +384,7 @@ async fn run(args: &AvailabilityArgs, dir: &Path) -> Result<Report> {
             samples.lock().unwrap().extend(mine);
         }));
     }
-    let kills = chaos(&control, args, started).await;
+    let kills = chaos(&control, args, &target.service, started).await;
     for worker in workers {
         worker.await?;
     }
@@ -309,10 +392,11 @@ async fn run(args: &AvailabilityArgs, dir: &Path) -> Result<Report> {
     let samples = std::mem::take(&mut *samples.lock().unwrap());
 
     let events = control.events(Some(0), None, 10_000).await?;
-    let model = control.model("bench").await?;
+    let model = control.model(&target.model).await?;
     drop(server);
     Ok(analyse(
         args,
+        &target.service,
         samples,
         kills?,
         &events,
@@ -320,6 +404,54 @@ async fn run(args: &AvailabilityArgs, dir: &Path) -> Result<Report> {
         load_start_ms,
         load_end_ms,
     ))
+}
+
+/// Waits for a ready replica of the service; a job of its model that failed, or the service
+/// in a crash loop, ends the wait at once with where to read why.
+async fn first_version_served(control: &Client, target: &Target, dir: &Path) -> Result<()> {
+    let timeout = Duration::from_secs(90);
+    let deadline = Instant::now() + timeout;
+    let output = |run: &str| dir.join("data").join("runs").join(run).join("output.log");
+    loop {
+        if let Ok(service) = control.service(&target.service).await {
+            if service.ready_replicas >= 1 {
+                return Ok(());
+            }
+            if service.state == "crash_loop" {
+                let run = control.runs(Some(&target.service), false, 1).await?;
+                let log = run.first().map(|r| output(&r.id).display().to_string());
+                bail!(
+                    "service {} is in a crash loop ({}); its last Run's output: {}",
+                    target.service,
+                    service.reason.unwrap_or_default(),
+                    log.unwrap_or_else(|| "none".to_string())
+                );
+            }
+        }
+        let jobs = control.jobs().await.unwrap_or_default();
+        let failed = jobs
+            .iter()
+            .find(|job| job.model.as_deref() == Some(&target.model) && job.state == "failed");
+        if let Some(job) = failed {
+            let log = job.last_run.as_ref().map(|r| output(&r.id));
+            bail!(
+                "job {} failed before a version of {} was served ({}); its output: {}",
+                job.name,
+                target.model,
+                job.reason.clone().unwrap_or_default(),
+                log.map_or("none".to_string(), |p| p.display().to_string())
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "timed out after {}s waiting for the first version of {} to be served by {}",
+                timeout.as_secs(),
+                target.model,
+                target.service
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn request(client: &reqwest::Client, url: &str) -> Result<u32, String> {
@@ -344,6 +476,7 @@ async fn request(client: &reqwest::Client, url: &str) -> Result<u32, String> {
 async fn chaos(
     control: &Client,
     args: &AvailabilityArgs,
+    service: &str,
     started: Instant,
 ) -> Result<Vec<(f64, String)>> {
     let mut kills = Vec::new();
@@ -355,7 +488,7 @@ async fn chaos(
         // The newest ready replica: the one serving now.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let runs = control.runs(Some("web"), true, 100).await?;
+            let runs = control.runs(Some(service), true, 100).await?;
             let target = runs
                 .iter()
                 .find(|run| run.state == "ready" && run.child_pid.is_some());
@@ -370,7 +503,7 @@ async fn chaos(
                 }
             }
             if Instant::now() > deadline {
-                bail!("no ready replica of web to kill for 30s");
+                bail!("no ready replica of {service} to kill for 30s");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -396,8 +529,10 @@ fn latency(mut values: Vec<f64>) -> Latency {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn analyse(
     args: &AvailabilityArgs,
+    service: &str,
     samples: Vec<Sample>,
     kills: Vec<(f64, String)>,
     events: &[EventInfo],
@@ -427,20 +562,26 @@ fn analyse(
         .map(|(_, n)| n)
         .sum();
 
-    // Promotions during the load, and whether an answer came from each afterwards.
-    let promotion_events: Vec<(f64, u32)> = events
+    // Promotions during the load, oldest first, and whether an answer came from each afterwards.
+    let mut promotion_events: Vec<(f64, u32)> = model
+        .promotions
         .iter()
-        .filter(|e| kind(e, "version_promoted") && during_load(at(e)))
-        .filter_map(|e| {
-            let message = e.message.as_str();
-            let version = message
-                .split(':')
-                .nth(1)?
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?;
-            Some((at(e), version.parse().ok()?))
+        .map(|p| (p.time_ms as f64, p.version))
+        .filter(|(t, _)| during_load(*t))
+        .collect();
+    promotion_events.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let ever_promoted: BTreeSet<u32> = model.promotions.iter().map(|p| p.version).collect();
+    let mut versions: Vec<VersionReport> = model
+        .versions
+        .iter()
+        .map(|v| VersionReport {
+            version: v.version,
+            metrics: v.metrics.clone(),
+            promoted: ever_promoted.contains(&v.version),
+            state: v.state.clone(),
         })
         .collect();
+    versions.sort_by_key(|v| v.version);
     let promotions: Vec<PromotionReport> = promotion_events
         .iter()
         .enumerate()
@@ -468,7 +609,7 @@ fn analyse(
         .count();
 
     // Swap windows: promotion → the old replica stopped; kill → a replica ready again.
-    let web = |e: &EventInfo| e.owner.as_deref() == Some("web");
+    let web = |e: &EventInfo| e.owner.as_deref() == Some(service);
     let mut windows: Vec<(f64, f64)> = Vec::new();
     for (t, _) in &promotion_events {
         let end = events
@@ -568,6 +709,9 @@ fn analyse(
         failures,
         requests_per_s: samples.len() as f64 / elapsed_s.max(0.001),
         versions_registered: registered.into_iter().collect(),
+        model: model.model.name.clone(),
+        metric: model.model.promote.metric.clone(),
+        versions,
         versions_answered: answered,
         unregistered_answers: unregistered,
         promotions,
@@ -617,6 +761,9 @@ fn print_report(report: &Report) {
         report.promotions.len(),
         promotions.join(", ")
     );
+    if let Some(line) = versions_line(report) {
+        println!("{line}");
+    }
     println!("preemptions: {}", report.preemptions);
     println!(
         "kills: {} ({})",
@@ -655,4 +802,41 @@ fn print_report(report: &Report) {
     if let Some(dir) = &report.data_dir {
         println!("files kept in {dir}");
     }
+}
+
+/// `versions (accuracy, * promoted): 1* 0.312 → 2* 0.524 → 3 0.510`: the promotion policy's
+/// metric (or every metric, without one) of each registered version, oldest first.
+fn versions_line(report: &Report) -> Option<String> {
+    if report.versions.is_empty() {
+        return None;
+    }
+    let shown: Vec<String> = report
+        .versions
+        .iter()
+        .map(|v| {
+            let values = match &report.metric {
+                Some(metric) => v
+                    .metrics
+                    .get(metric)
+                    .map_or("-".to_string(), |value| format!("{value:.3}")),
+                None => v
+                    .metrics
+                    .iter()
+                    .map(|(k, value)| format!("{k} {value:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            };
+            format!(
+                "{}{} {values}",
+                v.version,
+                if v.promoted { "*" } else { "" }
+            )
+        })
+        .collect();
+    Some(format!(
+        "versions of {} ({}, * promoted): {}",
+        report.model,
+        report.metric.as_deref().unwrap_or("metrics"),
+        shown.join(" → ")
+    ))
 }
