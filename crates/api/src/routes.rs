@@ -306,8 +306,30 @@ async fn put_service(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ActionResponse>, ApiFailure> {
     let spec = config::service_from_json(&name, &run_time_spec(body)?).map_err(config_problems)?;
+    let routed = !spec.routes.is_empty();
     let message = state.orchestrator.put_service(spec).await?;
+    // Answer once the gateway routes it: a request sent right after the answer is held for a
+    // replica, not refused as unrouted.
+    gateway_settled(&state, &name, routed).await;
     Ok(Json(ActionResponse { message, run: None }))
+}
+
+/// Waits (briefly) until the gateway's table has (or no longer has) the service's routes; the
+/// table follows the orchestrator's published view a moment after a change.
+async fn gateway_settled(state: &AppState, service: &str, routed: bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        let active = state
+            .gateway
+            .report()
+            .routes
+            .iter()
+            .any(|route| route.service == service && route.active);
+        if active == routed {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[utoipa::path(delete, path = "/v1/services/{name}",

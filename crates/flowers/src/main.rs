@@ -6,6 +6,7 @@ mod bench;
 mod commands;
 mod deploy;
 mod models;
+mod python_sdk;
 mod routes;
 mod table;
 mod up;

@@ -128,7 +128,7 @@ pub async fn up(args: UpArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         drain_timeout: crate::routes::DEFAULT_DRAIN,
         python_path: orchestrator::PythonPath {
             inherited: std::env::var("PYTHONPATH").ok(),
-            added: Vec::new(),
+            added: vec![crate::python_sdk::install(&data_dir)?],
         },
     };
     let desired = orchestrator::Desired {

@@ -1473,6 +1473,10 @@ impl Engine {
                     }
                 }
                 model_env.push(("FLOWERS_ROUTE_PREFIXES".to_string(), prefixes.join(" ")));
+                model_env.push((
+                    "FLOWERS_PROBE_PATH".to_string(),
+                    self.services[name].spec.probe.path.clone(),
+                ));
                 if let (Some(model), Ok(Some(version))) = (
                     self.services[name].spec.model.clone(),
                     self.desired_version(name),

@@ -55,6 +55,11 @@ async fn a_deployed_service_is_routed_kept_across_restarts_replaced_blue_green_a
         .await
         .unwrap();
     assert_eq!(env["FLOWERS_ROUTE_PREFIXES"], "/extra");
+    assert_eq!(env["FLOWERS_PROBE_PATH"], "/healthz");
+    // The embedded SDK comes after the PYTHONPATH the Run would have had.
+    let python_path = env["PYTHONPATH"].as_str().unwrap();
+    let sdk = server.data_dir().join("python");
+    assert!(python_path.ends_with(sdk.to_str().unwrap()), "{python_path}");
     assert_eq!(env["FLOWERS_RUN_ID"], first.id);
     server.event("extra", "owner_added").await;
 
@@ -254,4 +259,41 @@ async fn a_job_added_with_train_runs_and_names_are_checked() {
         .await;
     assert!(server.client.job("fit").await.is_err());
     server.event("fit", "owner_removed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_sdk_service_deploys_with_nothing_installed() {
+    let server = TestServer::start("").await;
+    // Ten lines with the SDK Flowers carries itself: no pip, no PYTHONPATH from the user.
+    let app = server.dir.path().join("hello.py");
+    std::fs::write(
+        &app,
+        r#"import flowers
+
+app = flowers.Service()
+
+@app.route("/greet", methods=("GET",))
+def greet(request):
+    return {"hello": request.query.get("name", "world"), "sdk": flowers.__file__}
+
+app.run()
+"#,
+    )
+    .unwrap();
+    let app = app.to_str().unwrap();
+    let (code, _, err) = server.cli(&["deploy", app, "--name", "hello", "--devices", "0"]);
+    assert_eq!(code, 0, "{err}");
+    let url = format!(
+        "http://127.0.0.1:{}/hello/greet?name=flowers",
+        server.gateway_port
+    );
+    // The request waits in the gateway's hold queue until the replica is ready.
+    let answer: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    assert_eq!(answer["hello"], "flowers", "{answer}");
+    let sdk = answer["sdk"].as_str().unwrap();
+    let installed = server.data_dir().join("python/flowers/__init__.py");
+    assert_eq!(
+        std::fs::canonicalize(sdk).unwrap(),
+        std::fs::canonicalize(installed).unwrap()
+    );
 }
