@@ -108,8 +108,9 @@ pub struct Settings {
     pub max_held_requests: usize,
     /// Where each finished request's record goes; `None`: no access log.
     pub access_log: Option<AccessLog>,
-    /// Idle upstream connections kept per replica for later requests; 0: a new connection
-    /// for every request.
+    /// Idle upstream connections kept per replica for later requests, shared out evenly among
+    /// the worker threads (each reuses only those it opened); 0: a new connection for every
+    /// request.
     pub upstream_idle_per_replica: usize,
     /// An upstream connection idle this long is closed rather than reused. It has to stay
     /// under the keep-alive timeout of the servers replicas run, so that a replica does not
