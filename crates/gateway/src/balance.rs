@@ -205,6 +205,7 @@ mod tests {
         Counters::new(Limits {
             max_idle: 4,
             idle_timeout: Duration::from_secs(1),
+            shards: 1,
         })
     }
 

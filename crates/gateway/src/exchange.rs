@@ -13,7 +13,7 @@ use hyper::body::{Bytes, Frame, Incoming, SizeHint};
 use hyper::Request;
 
 use crate::access::{AccessLog, AccessRecord};
-use crate::proxy::{Body, BoxError};
+use crate::proxy::{Answer, Body, BoxError};
 use crate::stats::{Counted, Traffic};
 use crate::Gateway;
 
@@ -30,8 +30,9 @@ pub(crate) struct Exchange {
     pub run: Option<Arc<str>>,
     pub status: u16,
     pub error: Option<&'static str>,
-    /// Shared with the request body on its way to the replica, which counts into it.
-    pub bytes_in: Arc<AtomicU64>,
+    /// Shared with the request body on its way to the replica, which counts into it; made
+    /// only for a request that has a body (or becomes a tunnel).
+    bytes_in: Option<Arc<AtomicU64>>,
     pub bytes_out: u64,
 }
 
@@ -68,9 +69,14 @@ impl Exchange {
             run: None,
             status: 0,
             error: None,
-            bytes_in: Arc::default(),
+            bytes_in: None,
             bytes_out: 0,
         }
+    }
+
+    /// The counter of request body bytes sent on to the replica.
+    pub fn bytes_in(&mut self) -> &Arc<AtomicU64> {
+        self.bytes_in.get_or_insert_with(Arc::default)
     }
 
     /// The request matched `service`'s route: it counts there, in flight from now on.
@@ -84,7 +90,10 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         let took = self.started.elapsed();
-        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        let bytes_in = self
+            .bytes_in
+            .as_ref()
+            .map_or(0, |bytes| bytes.load(Ordering::Relaxed));
         let traffic = match &self.route {
             Some((_, counted)) => counted.traffic(),
             None => &self.unrouted,
@@ -110,15 +119,23 @@ impl Drop for Exchange {
 
 /// A response body that counts what it sends and finishes its exchange when done or dropped.
 pub(crate) struct Tracked {
-    inner: Body,
+    inner: Answer,
     exchange: Option<Exchange>,
 }
 
 impl Tracked {
-    pub fn new(inner: Body, exchange: Exchange) -> Tracked {
+    pub fn new(inner: Answer, exchange: Exchange) -> Tracked {
         Tracked {
             inner,
             exchange: Some(exchange),
+        }
+    }
+
+    /// A body whose exchange finishes elsewhere (an upgrade's, when its tunnel closes).
+    pub fn untracked(inner: Answer) -> Tracked {
+        Tracked {
+            inner,
+            exchange: None,
         }
     }
 }

@@ -8,6 +8,15 @@
 //! snapshots through [`Gateway::update`]. It never writes files either: access log records
 //! leave through a bounded channel ([`AccessLog`]) whose other end the binary writes to disk.
 //!
+//! Thread per core, as nginx does it: [`Gateway::serve`] accepts connections on the caller's
+//! runtime and hands each to the least busy of its worker threads ([`Settings::worker_threads`],
+//! one per core by default), each running a single-threaded tokio runtime. A worker serves its
+//! client connections and the upstream connections their requests open, and takes kept
+//! upstream connections from a shard of the pool of its own, so the two halves of a request
+//! wake each other on one thread, without the cross-thread wake-ups (futexes) and task
+//! stealing of a shared multi-threaded runtime. The route table, the counters, the hold queue
+//! and the access log's channel are shared by all workers.
+//!
 //! The server side is hyper's `http1` connection per accepted socket, which gives the header
 //! read timeout and the header buffer bound directly. The client side is hand-rolled
 //! `hyper::client::conn::http1` with a pool of its own (`pool.rs`): each replica keeps a few
@@ -43,7 +52,7 @@ use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 pub use access::{AccessLog, AccessLogReader, AccessRecord};
 pub use auth::key_digest;
@@ -99,13 +108,17 @@ pub struct Settings {
     pub max_held_requests: usize,
     /// Where each finished request's record goes; `None`: no access log.
     pub access_log: Option<AccessLog>,
-    /// Idle upstream connections kept per replica for later requests; 0: a new connection
-    /// for every request.
+    /// Idle upstream connections kept per replica for later requests, shared out evenly among
+    /// the worker threads (each reuses only those it opened); 0: a new connection for every
+    /// request.
     pub upstream_idle_per_replica: usize,
     /// An upstream connection idle this long is closed rather than reused. It has to stay
     /// under the keep-alive timeout of the servers replicas run, so that a replica does not
     /// close a connection just as a request goes out on it (see the default).
     pub upstream_idle_timeout: Duration,
+    /// Threads that serve client connections, each with a single-threaded runtime of its own;
+    /// 0: one per core.
+    pub worker_threads: usize,
 }
 
 impl Default for Settings {
@@ -124,6 +137,7 @@ impl Default for Settings {
             // replica reuses its connections within milliseconds, so this costs one new
             // connection after a second of silence and nothing under load.
             upstream_idle_timeout: Duration::from_secs(1),
+            worker_threads: 0,
         }
     }
 }
@@ -139,14 +153,21 @@ pub struct Gateway {
     holds: hold::Holds,
     stats: stats::Registry,
     open_connections: Arc<AtomicUsize>,
+    /// How many worker threads [`Gateway::serve`] starts.
+    workers: usize,
 }
 
 impl Gateway {
     pub fn new(settings: Settings) -> Arc<Gateway> {
         let holds = hold::Holds::new(settings.max_held_requests);
+        let workers = match settings.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+            threads => threads,
+        };
         let limits = pool::Limits {
             max_idle: settings.upstream_idle_per_replica,
             idle_timeout: settings.upstream_idle_timeout,
+            shards: workers,
         };
         Arc::new(Gateway {
             settings,
@@ -156,6 +177,7 @@ impl Gateway {
             holds,
             stats: stats::Registry::default(),
             open_connections: Arc::default(),
+            workers,
         })
     }
 
@@ -196,7 +218,9 @@ impl Gateway {
     }
 
     /// Serves until `shutdown` resolves; open connections are then asked to finish their
-    /// current request and close.
+    /// current request and close. Connections are accepted here and served on the worker
+    /// threads (see the crate's documentation), which run until their last connection (or
+    /// tunnel) has ended.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
@@ -206,6 +230,17 @@ impl Gateway {
         let sweeper = tokio::spawn(sweep_idle_connections(Arc::downgrade(&self)));
         let permits = Arc::new(tokio::sync::Semaphore::new(self.settings.max_connections));
         let (stop_connections, connections_stopped) = tokio::sync::watch::channel(false);
+        let mut workers = Vec::with_capacity(self.workers);
+        for index in 0..self.workers {
+            match Worker::start(index, self.clone(), connections_stopped.clone()) {
+                Ok(worker) => workers.push(worker),
+                Err(error) => {
+                    // Serving on the caller's runtime is slower, not wrong.
+                    tracing::error!(%error, "the gateway could not start a worker thread");
+                    break;
+                }
+            }
+        }
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -229,46 +264,182 @@ impl Gateway {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let gateway = self.clone();
-            let settings = self.settings.clone();
-            let mut stopped = connections_stopped.clone();
-            let slot: ConnectionSlot = Arc::new(std::sync::Mutex::new(Some(ConnectionHold {
+            // The least busy worker, counting the tunnels it runs too.
+            let worker = workers.iter().min_by_key(|worker| worker.load.open());
+            let hold = ConnectionHold {
                 _permit: permit,
                 _open: OpenConnection::new(&self.open_connections),
-            })));
-            tokio::spawn(async move {
-                let connection_slot = slot.clone();
-                let peer = Arc::new(proxy::Peer::new(client));
-                let service = service_fn(move |request| {
-                    proxy::handle(
-                        gateway.clone(),
-                        peer.clone(),
-                        request,
-                        connection_slot.clone(),
-                    )
-                });
-                let connection = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(settings.header_read_timeout)
-                    .max_buf_size(proxy::header_buffer_bytes(settings.max_header_bytes))
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
-                tokio::pin!(connection);
-                let result = tokio::select! {
-                    result = connection.as_mut() => result,
-                    // The guard `wait_for` returns is not Send: drop it inside.
-                    () = async { drop(stopped.wait_for(|stop| *stop).await) } => {
-                        connection.as_mut().graceful_shutdown();
-                        connection.await
-                    }
-                };
-                if let Err(error) = result {
-                    tracing::debug!(%client, %error, "gateway connection ended with an error");
+                _worker: worker.map(|worker| worker.load.enter()),
+            };
+            let Some(worker) = worker else {
+                tokio::spawn(serve_connection(
+                    self.clone(),
+                    stream,
+                    client,
+                    hold,
+                    connections_stopped.clone(),
+                ));
+                continue;
+            };
+            match stream.into_std() {
+                Ok(stream) => worker.hand_over(stream, client, hold),
+                Err(error) => {
+                    tracing::warn!(%client, %error, "gateway could not hand a connection to a worker")
                 }
-            });
+            }
         }
         let _ = stop_connections.send(true);
         sweeper.abort();
+    }
+}
+
+/// Serves one client connection until it closes, or until `stopped` says so (then after its
+/// current request).
+async fn serve_connection(
+    gateway: Arc<Gateway>,
+    stream: TcpStream,
+    client: SocketAddr,
+    hold: ConnectionHold,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let slot: ConnectionSlot = Arc::new(std::sync::Mutex::new(Some(hold)));
+    let settings = &gateway.settings;
+    let connection_slot = slot.clone();
+    let peer = Arc::new(proxy::Peer::new(client));
+    let service_gateway = gateway.clone();
+    let service = service_fn(move |request| {
+        proxy::handle(
+            service_gateway.clone(),
+            peer.clone(),
+            request,
+            connection_slot.clone(),
+        )
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(proxy::header_buffer_bytes(settings.max_header_bytes))
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        // The guard `wait_for` returns is not Send: drop it inside.
+        () = async { drop(stopped.wait_for(|stop| *stop).await) } => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%client, %error, "gateway connection ended with an error");
+    }
+}
+
+/// A thread with a single-threaded runtime that serves the client connections handed to it,
+/// and the upstream connections their requests open.
+struct Worker {
+    connections: tokio::sync::mpsc::UnboundedSender<Handed>,
+    load: Arc<WorkerLoad>,
+}
+
+/// An accepted connection on its way to a worker.
+struct Handed {
+    stream: std::net::TcpStream,
+    client: SocketAddr,
+    hold: ConnectionHold,
+}
+
+impl Worker {
+    fn start(
+        index: usize,
+        gateway: Arc<Gateway>,
+        stopped: tokio::sync::watch::Receiver<bool>,
+    ) -> std::io::Result<Worker> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (connections, mut handed) = tokio::sync::mpsc::unbounded_channel::<Handed>();
+        let load = Arc::new(WorkerLoad::default());
+        let worker_load = load.clone();
+        std::thread::Builder::new()
+            .name(format!("gateway-{index}"))
+            .spawn(move || {
+                pool::set_shard(index);
+                runtime.block_on(async move {
+                    while let Some(Handed {
+                        stream,
+                        client,
+                        hold,
+                    }) = handed.recv().await
+                    {
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => drop(tokio::spawn(serve_connection(
+                                gateway.clone(),
+                                stream,
+                                client,
+                                hold,
+                                stopped.clone(),
+                            ))),
+                            Err(error) => tracing::warn!(%client, %error,
+                                "a gateway worker could not take a connection"),
+                        }
+                    }
+                    // The gateway stopped serving: what is open finishes first.
+                    drop(gateway);
+                    worker_load.wait_empty().await;
+                });
+            })?;
+        Ok(Worker { connections, load })
+    }
+
+    fn hand_over(&self, stream: std::net::TcpStream, client: SocketAddr, hold: ConnectionHold) {
+        let handed = Handed {
+            stream,
+            client,
+            hold,
+        };
+        if self.connections.send(handed).is_err() {
+            tracing::warn!(%client, "a gateway worker is gone; connection closed");
+        }
+    }
+}
+
+/// The connections and tunnels a worker serves.
+#[derive(Default)]
+struct WorkerLoad {
+    open: AtomicUsize,
+    emptied: tokio::sync::Notify,
+}
+
+impl WorkerLoad {
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn enter(self: &Arc<Self>) -> WorkerShare {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        WorkerShare(self.clone())
+    }
+
+    async fn wait_empty(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            if self.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            emptied.await;
+        }
+    }
+}
+
+/// One connection or tunnel on a worker, until dropped.
+struct WorkerShare(Arc<WorkerLoad>);
+
+impl Drop for WorkerShare {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.emptied.notify_one();
+        }
     }
 }
 
@@ -298,6 +469,8 @@ async fn sweep_idle_connections(gateway: std::sync::Weak<Gateway>) {
 pub(crate) struct ConnectionHold {
     _permit: tokio::sync::OwnedSemaphorePermit,
     _open: OpenConnection,
+    /// Keeps the worker serving it running; `None` on the caller's runtime.
+    _worker: Option<WorkerShare>,
 }
 
 /// Shared by a connection's task and its requests; emptied by a tunnel that takes it over.

@@ -18,6 +18,7 @@
 //! that answers in pieces without `TCP_NODELAY` would otherwise wait 40 ms per answer on a
 //! kept connection.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -43,18 +44,35 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many connections a replica keeps, and for how long.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
-    /// Idle connections kept per replica; 0 turns reuse off.
+    /// Idle connections kept per replica, shared out among the shards; 0 turns reuse off.
     pub max_idle: usize,
     /// An idle connection older than this is closed instead of reused.
     pub idle_timeout: Duration,
+    /// One per thread that serves requests (see [`set_shard`]); at least 1.
+    pub shards: usize,
 }
 
-/// One replica's idle connections. Shared by the route tables that list the replica and by
-/// the requests that lease a connection from it.
+thread_local! {
+    /// The shard of idle connections that requests on this thread take from and give back to.
+    static SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes the current thread use shard `index` of every replica's idle connections. A kept
+/// connection's own task runs on the runtime that opened it: a request that reused a
+/// connection opened by another thread would hand its request to that thread and be woken
+/// from it, two cross-thread wake-ups per request, which a shard per thread avoids.
+pub(crate) fn set_shard(index: usize) {
+    SHARD.with(|shard| shard.set(index));
+}
+
+/// One replica's idle connections, one stack per shard. Shared by the route tables that list
+/// the replica and by the requests that lease a connection from it.
 #[derive(Debug)]
 pub(crate) struct Connections {
-    limits: Limits,
-    idle: Mutex<Idle>,
+    /// Idle connections kept per shard.
+    max_idle: usize,
+    idle_timeout: Duration,
+    shards: Box<[Mutex<Idle>]>,
 }
 
 #[derive(Debug, Default)]
@@ -68,42 +86,57 @@ struct Idle {
 
 impl Connections {
     pub fn new(limits: Limits) -> Connections {
+        let shards = limits.shards.max(1);
         Connections {
-            limits,
-            idle: Mutex::new(Idle::default()),
+            max_idle: limits.max_idle.div_ceil(shards),
+            idle_timeout: limits.idle_timeout,
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
         }
     }
 
+    /// The current thread's shard.
     fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        self.lock_shard(SHARD.with(Cell::get))
+    }
+
+    fn lock_shard(&self, index: usize) -> std::sync::MutexGuard<'_, Idle> {
+        lock(&self.shards[index % self.shards.len()])
     }
 
     /// The replica is in the route table: connections may be kept again.
     pub fn activate(&self) {
-        self.lock().retired = false;
+        for shard in &self.shards {
+            lock(shard).retired = false;
+        }
     }
 
     /// The replica left the route table: its idle connections are closed now, and the
     /// connections of requests still in flight are closed when those end.
     pub fn retire(&self) {
-        let dropped = {
-            let mut idle = self.lock();
-            idle.retired = true;
-            std::mem::take(&mut idle.stack)
-        };
-        drop(dropped);
+        for shard in &self.shards {
+            let dropped = {
+                let mut idle = lock(shard);
+                idle.retired = true;
+                std::mem::take(&mut idle.stack)
+            };
+            drop(dropped);
+        }
     }
 
     /// Closes the idle connections that have waited `idle_timeout` or more by `now`.
     pub fn expire(&self, now: Instant) {
-        let mut idle = self.lock();
-        expire(&mut idle.stack, now, self.limits.idle_timeout);
+        for shard in &self.shards {
+            expire(&mut lock(shard).stack, now, self.idle_timeout);
+        }
     }
 
     /// Idle connections kept now.
     #[cfg(test)]
     pub fn idle_count(&self) -> usize {
-        self.lock().stack.len()
+        self.shards
+            .iter()
+            .map(|shard| lock(shard).stack.len())
+            .sum()
     }
 
     /// The newest idle connection that is ready for a request. Connections found closed (the
@@ -111,7 +144,7 @@ impl Connections {
     /// exchange stays for later.
     fn take(&self, now: Instant) -> Option<Sender> {
         let mut idle = self.lock();
-        expire(&mut idle.stack, now, self.limits.idle_timeout);
+        expire(&mut idle.stack, now, self.idle_timeout);
         let mut busy = Vec::new();
         let mut found = None;
         while let Some((mut sender, since)) = idle.stack.pop_back() {
@@ -128,21 +161,31 @@ impl Connections {
         found
     }
 
-    /// Keeps `sender` for reuse, unless the replica is retired or the connection closed; a
-    /// full stack makes room by closing its oldest connection.
+    /// As `put_in`, into the current thread's shard.
+    #[cfg(test)]
     fn put(&self, sender: Sender, now: Instant) {
-        if self.limits.max_idle == 0 || sender.is_closed() {
+        self.put_in(SHARD.with(Cell::get), sender, now);
+    }
+
+    /// Keeps `sender` for reuse in shard `index`, unless the replica is retired or the
+    /// connection closed; a full stack makes room by closing its oldest connection.
+    fn put_in(&self, index: usize, sender: Sender, now: Instant) {
+        if self.max_idle == 0 || sender.is_closed() {
             return;
         }
-        let mut idle = self.lock();
+        let mut idle = self.lock_shard(index);
         if idle.retired {
             return;
         }
-        if idle.stack.len() >= self.limits.max_idle {
+        if idle.stack.len() >= self.max_idle {
             idle.stack.pop_front();
         }
         idle.stack.push_back((sender, now));
     }
+}
+
+fn lock(shard: &Mutex<Idle>) -> std::sync::MutexGuard<'_, Idle> {
+    shard.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn expire(stack: &mut VecDeque<(Sender, Instant)>, now: Instant, timeout: Duration) {
@@ -165,13 +208,16 @@ fn ready_now(sender: &mut Sender) -> Poll<hyper::Result<()>> {
 pub(crate) struct Lease {
     sender: Sender,
     connections: Arc<Connections>,
+    /// The shard it came from, which the thread running the connection's task takes from.
+    shard: usize,
 }
 
 impl Lease {
     /// Returns the connection to its replica's idle stack. Call it only when the response was
     /// read to its end without an error.
     pub fn give_back(self) {
-        self.connections.put(self.sender, Instant::now());
+        self.connections
+            .put_in(self.shard, self.sender, Instant::now());
     }
 }
 
@@ -235,6 +281,7 @@ async fn exchange(
             lease: Lease {
                 sender,
                 connections: connections.clone(),
+                shard: SHARD.with(Cell::get),
             },
         },
         Err(mut error) => match error.take_message() {
@@ -337,6 +384,7 @@ mod tests {
         Limits {
             max_idle,
             idle_timeout: Duration::from_secs(1),
+            shards: 1,
         }
     }
 

@@ -25,8 +25,54 @@ use crate::upgrade::{self, Tunnel};
 use crate::{ConnectionSlot, Error, Gateway};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Every body the gateway sends: a replica's streamed body or one of its own JSON answers.
+/// A request body on its way to a replica, or one of the gateway's own answers.
 pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Every body the gateway sends to a client. An enum rather than another [`Body`]: the two
+/// kinds nearly every answer is get to the client without a boxed body each.
+pub(crate) enum Answer {
+    /// A replica's body, streamed as it comes.
+    Replica(ReplicaBody),
+    /// A small answer read whole from a replica.
+    Whole(Full<Bytes>),
+    /// The gateway's own answers, and an upgrade's empty one.
+    Other(Body),
+}
+
+impl hyper::body::Body for Answer {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        // Every variant is Unpin.
+        match self.get_mut() {
+            Answer::Replica(body) => std::pin::Pin::new(body).poll_frame(cx),
+            Answer::Whole(body) => std::pin::Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            Answer::Other(body) => std::pin::Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Answer::Replica(body) => body.is_end_stream(),
+            Answer::Whole(body) => body.is_end_stream(),
+            Answer::Other(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Answer::Replica(body) => body.size_hint(),
+            Answer::Whole(body) => body.size_hint(),
+            Answer::Other(body) => body.size_hint(),
+        }
+    }
+}
 
 /// Hyper's read buffer while it parses a header. It is twice the header limit so that a
 /// header a little over the limit still parses and gets our JSON 431; a much larger one hits
@@ -38,7 +84,7 @@ pub(crate) fn header_buffer_bytes(max_header_bytes: usize) -> usize {
 /// What forwarding gave: a response to stream back, or a replica's 101 and the tunnel to
 /// run once the client has it too.
 pub(crate) enum Forwarded {
-    Response(Response<Body>),
+    Response(Response<Answer>),
     Upgraded {
         response: Response<Body>,
         tunnel: Tunnel,
@@ -67,22 +113,23 @@ pub(crate) async fn handle(
     peer: Arc<Peer>,
     request: Request<Incoming>,
     connection: ConnectionSlot,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Tracked>, Infallible> {
     let client = peer.addr;
     let raw_host = request_host(&request);
-    let mut exchange = Exchange::new(&gateway, client, &request, &raw_host);
+    let host_text = raw_host.as_ref().and_then(|host| host.to_str().ok());
+    let mut exchange = Exchange::new(&gateway, client, &request, host_text.unwrap_or(""));
     let method = request.method().clone();
     let uri = request.uri().clone();
     match forward(&gateway, &peer, request, raw_host, &mut exchange).await {
         Ok(Forwarded::Response(response)) => {
             exchange.status = response.status().as_u16();
-            Ok(response.map(|body| Tracked::new(body, exchange).boxed_unsync()))
+            Ok(response.map(|body| Tracked::new(body, exchange)))
         }
         Ok(Forwarded::Upgraded { response, tunnel }) => {
             exchange.status = response.status().as_u16();
             let hold = connection.lock().unwrap_or_else(|p| p.into_inner()).take();
             tokio::spawn(tunnel.run(exchange, hold));
-            Ok(response)
+            Ok(response.map(|body| Tracked::untracked(Answer::Other(body))))
         }
         Err(error) => {
             tracing::info!(%client, %method, %uri, code = error.code(), side = ?error.side(),
@@ -90,20 +137,24 @@ pub(crate) async fn handle(
             exchange.status = error.status().as_u16();
             exchange.error = Some(error.code());
             let response = error.into_response();
-            Ok(response.map(|body| Tracked::new(body, exchange).boxed_unsync()))
+            Ok(response.map(|body| Tracked::new(Answer::Other(body), exchange)))
         }
     }
 }
 
-/// The host a request names: the Host header, else the authority of an absolute URI.
-pub(crate) fn request_host(request: &Request<Incoming>) -> String {
+/// The host a request names: the Host header, else the authority of an absolute URI. A
+/// header value rather than a string: it is forwarded as `X-Forwarded-Host` as it came, which
+/// shares its bytes instead of copying them.
+pub(crate) fn request_host(request: &Request<Incoming>) -> Option<HeaderValue> {
     request
         .headers()
         .get(hyper::header::HOST)
-        .and_then(|host| host.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| request.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default()
+        .filter(|host| host.to_str().is_ok())
+        .cloned()
+        .or_else(|| {
+            let authority = request.uri().authority()?;
+            HeaderValue::from_str(authority.as_str()).ok()
+        })
 }
 
 /// Request line plus header lines, as the client sent them (give or take whitespace).
@@ -151,7 +202,7 @@ async fn forward(
     gateway: &Gateway,
     peer: &Peer,
     mut request: Request<Incoming>,
-    raw_host: String,
+    raw_host: Option<HeaderValue>,
     exchange: &mut Exchange,
 ) -> Result<Forwarded, Error> {
     let size = header_bytes(&request);
@@ -163,7 +214,12 @@ async fn forward(
     }
     let upgrade = upgrade_protocol(request.headers());
     let mut client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
-    let host = route::normalize_host(&raw_host);
+    let raw_host = raw_host.filter(|host| !host.is_empty());
+    let host = route::normalized_host(
+        raw_host
+            .as_ref()
+            .map_or("", |host| host.to_str().unwrap_or_default()),
+    );
     let uri = request.uri().clone();
     let path = uri.path();
     // Keys and a declared length over the limit are checked before anything waits or connects.
@@ -202,15 +258,11 @@ async fn forward(
     let mut body = (!replayable).then(|| {
         exchange::count_into(
             body.map_err(BoxError::from).boxed_unsync(),
-            exchange.bytes_in.clone(),
+            exchange.bytes_in().clone(),
         )
     });
     let mut headers = parts.headers;
-    forwarding_headers(
-        &mut headers,
-        &peer.ip,
-        (!raw_host.is_empty()).then_some(&raw_host),
-    );
+    forwarding_headers(&mut headers, &peer.ip, raw_host.as_ref());
     if consumed_authorization {
         // The key was for the gateway; the replica has no use for it and should not see it.
         headers.remove(AUTHORIZATION);
@@ -309,11 +361,9 @@ async fn forward(
                     // any of it reaches the client: a replica killed mid-answer then costs a
                     // replay on another replica, not an answer cut off.
                     let (parts, body) = answer.into_parts();
-                    match body.collect().await {
-                        Ok(collected) => {
-                            let body = Full::new(collected.to_bytes())
-                                .map_err(|never| match never {})
-                                .boxed_unsync();
+                    match read_whole(body).await {
+                        Ok(whole) => {
+                            let body = Answer::Whole(Full::new(whole));
                             return Ok(Forwarded::Response(Response::from_parts(parts, body)));
                         }
                         Err(error) => {
@@ -376,6 +426,34 @@ async fn forward(
             }
         }
     }
+}
+
+/// A body's bytes, read to its end. An answer of one piece, as small answers nearly always
+/// come, is kept as it is: no copy, no list of pieces.
+async fn read_whole(body: Answer) -> Result<Bytes, BoxError> {
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<Vec<u8>> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // trailers: a replica's small answer has none worth keeping
+        };
+        match (&mut first, &mut rest) {
+            (None, _) => first = Some(data),
+            (Some(first), None) => {
+                let mut joined = Vec::with_capacity(first.len() + data.len());
+                joined.extend_from_slice(first);
+                joined.extend_from_slice(&data);
+                rest = Some(joined);
+            }
+            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
+        }
+    }
+    Ok(match (first, rest) {
+        (_, Some(joined)) => Bytes::from(joined),
+        (Some(first), None) => first,
+        (None, None) => Bytes::new(),
+    })
 }
 
 fn content_length(request: &Request<Incoming>) -> Option<u64> {
@@ -484,7 +562,7 @@ fn downstream_response(
     response: Response<Incoming>,
     in_flight: InFlight,
     lease: Option<pool::Lease>,
-) -> Response<Body> {
+) -> Response<Answer> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let body = ReplicaBody {
@@ -494,13 +572,13 @@ fn downstream_response(
         failed: false,
         _in_flight: in_flight,
     };
-    Response::from_parts(parts, body.boxed_unsync())
+    Response::from_parts(parts, Answer::Replica(body))
 }
 
 /// A replica's response body on its way to the client. When it is dropped, its connection goes
 /// back to the replica's idle connections if the body ended cleanly, and is closed otherwise
 /// (the client went away first, or the replica failed mid-body).
-struct ReplicaBody {
+pub(crate) struct ReplicaBody {
     inner: Incoming,
     lease: Option<pool::Lease>,
     ended: bool,
@@ -590,7 +668,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub(crate) fn forwarding_headers(
     headers: &mut HeaderMap,
     client_ip: &HeaderValue,
-    host: Option<&str>,
+    host: Option<&HeaderValue>,
 ) {
     strip_hop_by_hop(headers);
     // Collecting nothing allocates nothing: most requests come without an X-Forwarded-For.
@@ -609,8 +687,8 @@ pub(crate) fn forwarding_headers(
         headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    if let Some(value) = host.and_then(|host| HeaderValue::from_str(host).ok()) {
-        headers.insert(X_FORWARDED_HOST, value);
+    if let Some(value) = host {
+        headers.insert(X_FORWARDED_HOST, value.clone());
     }
 }
 
@@ -645,7 +723,8 @@ mod tests {
         headers.append("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         headers.append("x-forwarded-for", HeaderValue::from_static("5.6.7.8"));
         headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        forwarding_headers(&mut headers, &peer.ip, Some("Chat.lan:8080"));
+        let host = HeaderValue::from_static("Chat.lan:8080");
+        forwarding_headers(&mut headers, &peer.ip, Some(&host));
         assert_eq!(headers["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.0.0.7");
         assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(headers["x-forwarded-proto"], "http");

@@ -7,6 +7,12 @@ use crate::Route;
 /// Accepts `name`, `name:port`, `[v6]` and `[v6]:port`; anything else is returned
 /// lowercased as it is, so a strange Host header matches only host-less routes.
 pub fn normalize_host(raw: &str) -> String {
+    normalized_host(raw).into_owned()
+}
+
+/// As [`normalize_host`], borrowing when the host is already in normal form, as it nearly
+/// always is.
+pub(crate) fn normalized_host(raw: &str) -> std::borrow::Cow<'_, str> {
     let raw = raw.trim();
     let without_port = if let Some(rest) = raw.strip_prefix('[') {
         // An IPv6 literal keeps its brackets so that it cannot collide with a name.
@@ -20,7 +26,12 @@ pub fn normalize_host(raw: &str) -> String {
             _ => raw,
         }
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let name = without_port.trim_end_matches('.');
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
 }
 
 /// Whether `path` lies under `prefix` on a segment boundary: "/web" covers "/web" and

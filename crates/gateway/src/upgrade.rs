@@ -77,7 +77,8 @@ impl Tunnel {
         let (mut upstream_read, mut upstream_write) = tokio::io::split(TokioIo::new(upstream));
         let from_upstream = AtomicU64::new(0);
         let to_client = pump(&mut upstream_read, &mut client_write, &from_upstream);
-        let to_upstream = pump(&mut client_read, &mut upstream_write, &exchange.bytes_in);
+        let from_client = exchange.bytes_in().clone();
+        let to_upstream = pump(&mut client_read, &mut upstream_write, &from_client);
         tokio::pin!(to_client, to_upstream);
         tokio::select! {
             ended = &mut to_client => {

@@ -296,6 +296,9 @@ async fn responses_stream_chunk_by_chunk_and_load_goes_to_the_least_busy_replica
             "went to the busy replica"
         );
         drop(second);
+        // The gateway serves connections on threads of its own: it may see this client go
+        // away only after the next request arrives, and then both replicas look as busy.
+        poll_until(|| gateway.in_flight().values().sum::<usize>() == 1).await;
     }
 
     release.send(true).unwrap();
@@ -341,6 +344,9 @@ async fn held_request_is_sent_when_an_update_brings_a_replica() {
     });
     let client = http();
     let held = tokio::spawn(client.get(format!("{url}/held")).send());
+    // The gateway serves connections on threads of its own, so the probe below could otherwise
+    // arrive first and be the one held.
+    poll_until(|| gateway.held() == 1).await;
 
     // With room for one held request, a second is refused at once exactly while the first waits.
     let deadline = Instant::now() + PATIENCE;
