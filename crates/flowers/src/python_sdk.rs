@@ -21,12 +21,18 @@ const FILES: &[(&str, &str)] = &[
         "_errors.py",
         include_str!("../../../sdk/python/flowers/_errors.py"),
     ),
-    ("_job.py", include_str!("../../../sdk/python/flowers/_job.py")),
+    (
+        "_job.py",
+        include_str!("../../../sdk/python/flowers/_job.py"),
+    ),
     (
         "_service.py",
         include_str!("../../../sdk/python/flowers/_service.py"),
     ),
-    ("py.typed", include_str!("../../../sdk/python/flowers/py.typed")),
+    (
+        "py.typed",
+        include_str!("../../../sdk/python/flowers/py.typed"),
+    ),
 ];
 
 /// Writes the package under `data_dir/python` (each file replaced atomically, files of an

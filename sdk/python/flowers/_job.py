@@ -290,7 +290,8 @@ def checkpoint(
     _control.control_url()
     model = _control.env(
         "FLOWERS_MODEL",
-        'this job names no model: add model = "NAME" to its [jobs.NAME] table in flowers.toml',
+        'this job names no model: add model = "NAME" to its [jobs.NAME] table in flowers.toml '
+        "(or give --model to flowers train)",
     )
     run = _control.env("FLOWERS_RUN_ID")
     temporary: Optional[pathlib.Path] = None

@@ -59,7 +59,10 @@ async fn a_deployed_service_is_routed_kept_across_restarts_replaced_blue_green_a
     // The embedded SDK comes after the PYTHONPATH the Run would have had.
     let python_path = env["PYTHONPATH"].as_str().unwrap();
     let sdk = server.data_dir().join("python");
-    assert!(python_path.ends_with(sdk.to_str().unwrap()), "{python_path}");
+    assert!(
+        python_path.ends_with(sdk.to_str().unwrap()),
+        "{python_path}"
+    );
     assert_eq!(env["FLOWERS_RUN_ID"], first.id);
     server.event("extra", "owner_added").await;
 
