@@ -87,6 +87,22 @@ rows = []
 failed = False
 
 
+
+def stop_flowers(flowers, log, work, log_name):
+    """SIGTERM to a Flowers this script started (SIGKILL after 60 s), and its log copied to $OUT
+    under log_name when the device tool collects files. Returns $OUT, or None."""
+    if flowers.poll() is None:
+        flowers.send_signal(signal.SIGTERM)
+        try:
+            flowers.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            flowers.kill()
+    log.close()
+    out = os.environ.get("OUT")
+    if out:
+        shutil.copy(os.path.join(work, "flowers.log"), os.path.join(out, log_name))
+    return out
+
 def row(check, ok, detail):
     global failed
     status = {True: "ok", False: "FAIL", None: "skip"}[ok]
@@ -247,16 +263,7 @@ start_timeout = "120s"
     except Exception as error:
         row("run", False, str(error))
     finally:
-        if flowers.poll() is None:
-            flowers.send_signal(signal.SIGTERM)
-            try:
-                flowers.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                flowers.kill()
-        log.close()
-        out = os.environ.get("OUT")
-        if out:
-            shutil.copy(os.path.join(work, "flowers.log"), os.path.join(out, "flowers.log"))
+        stop_flowers(flowers, log, work, "flowers.log")
     return 0
 
 
@@ -406,16 +413,8 @@ def check_example(binary):
         row("example", False, f"{type(error).__name__}: {error}")
         return 1
     finally:
-        if flowers.poll() is None:
-            flowers.send_signal(signal.SIGTERM)
-            try:
-                flowers.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                flowers.kill()
-        log.close()
-        out = os.environ.get("OUT")
+        out = stop_flowers(flowers, log, work, "flowers-example.log")
         if out:
-            shutil.copy(os.path.join(work, "flowers.log"), os.path.join(out, "flowers-example.log"))
             runs = os.path.join(work, "data", "runs")
             for run in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
                 source = os.path.join(runs, run, "output.log")
