@@ -300,6 +300,24 @@ impl Handle {
                 )));
             }
         }
+        // A Run that cannot register is refused before its files are copied (a big checkpoint
+        // takes a while); the loop checks again once they are, since the Run may end meanwhile.
+        if let Some(run) = &registration.run {
+            match self.store.run(run)? {
+                None => return Err(Error::UnknownRun(run.to_string())),
+                Some(record) if record.ended_ms.is_some() => {
+                    return Err(Error::RunEnded(run.to_string()))
+                }
+                Some(record) if record.owner.kind == domain::OwnerKind::Service => {
+                    return Err(Error::Refused(format!(
+                        "run {run} belongs to service {}; only jobs register versions \
+                         (import files with `flowers models import`)",
+                        record.owner.name
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
         let data_dir = self.data_dir.clone();
         let model = registration.model.clone();
         let path = registration.path.clone();
