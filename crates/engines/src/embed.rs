@@ -2,6 +2,8 @@
 //! sentence-transformers directory, pooled and normalised the way that directory says, so its
 //! vectors match sentence-transformers' own.
 
+mod http;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -9,6 +11,8 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig, DTYPE};
 use serde::Deserialize;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+pub use http::{router, router_with_limits, HttpLimits};
 
 use crate::{Error, Result};
 

@@ -291,3 +291,126 @@ fn pooling_and_normalisation_follow_the_directory() {
     }
     assert!(cosine(&cls_vectors[0], &mean_vectors[0]) < 0.999);
 }
+
+mod http {
+    use super::*;
+
+    async fn serve(limits: HttpLimits) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let app = router_with_limits(minilm(), limits);
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{address}/v1/embeddings")
+    }
+
+    async fn post(url: &str, body: String) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    fn assert_error(answer: &(u16, serde_json::Value), status: u16, code: &str, says: &str) {
+        assert_eq!(answer.0, status, "{}", answer.1);
+        assert_eq!(answer.1["code"], code, "{}", answer.1);
+        let message = answer.1["message"].as_str().unwrap();
+        assert!(message.contains(says), "{message}");
+    }
+
+    #[tokio::test]
+    async fn answers_like_openai() {
+        let url = serve(HttpLimits::default()).await;
+        let (status, body) = post(
+            &url,
+            r#"{"input": ["This is an example sentence", "Each sentence is converted"],
+                "model": "minilm", "encoding_format": "float", "user": "ignored"}"#
+                .into(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["object"], "list");
+        assert_eq!(body["model"], "minilm");
+        // [101, 2023, 2003, 2019, 2742, 6251, 102] and [101, 2169, 6251, 2003, 4991, 102].
+        assert_eq!(body["usage"]["prompt_tokens"], 13);
+        assert_eq!(body["usage"]["total_tokens"], 13);
+        let data = body["data"].as_array().unwrap();
+        assert_eq!(data.len(), 2);
+        let expected = minilm()
+            .embed(&["This is an example sentence", "Each sentence is converted"])
+            .unwrap();
+        for (index, item) in data.iter().enumerate() {
+            assert_eq!(item["object"], "embedding");
+            assert_eq!(item["index"], index);
+            let got: Vec<f32> = serde_json::from_value(item["embedding"].clone()).unwrap();
+            assert_eq!(got, expected[index]);
+        }
+
+        let (status, body) = post(&url, r#"{"input": "That is a happy person"}"#.into()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"].as_array().unwrap().len(), 1);
+        assert_eq!(body["usage"]["prompt_tokens"], 7);
+    }
+
+    #[tokio::test]
+    async fn refuses_bad_requests_with_a_reason() {
+        let url = serve(HttpLimits::default()).await;
+        let base64 = r#"{"input": "x", "model": "m", "encoding_format": "base64"}"#;
+        assert_error(
+            &post(&url, base64.into()).await,
+            400,
+            "bad_request",
+            "base64",
+        );
+        assert_error(
+            &post(&url, "{not json".into()).await,
+            400,
+            "bad_request",
+            "input",
+        );
+        assert_error(
+            &post(&url, r#"{"model": "m"}"#.into()).await,
+            400,
+            "bad_request",
+            "input",
+        );
+        let empty = r#"{"input": [], "model": "m"}"#;
+        assert_error(&post(&url, empty.into()).await, 400, "bad_request", "empty");
+        let tokens = r#"{"input": [[101, 102]], "model": "m"}"#;
+        assert_error(
+            &post(&url, tokens.into()).await,
+            400,
+            "bad_request",
+            "input[0]",
+        );
+        let dimensions = r#"{"input": "x", "dimensions": 128}"#;
+        assert_error(
+            &post(&url, dimensions.into()).await,
+            400,
+            "bad_request",
+            "384",
+        );
+    }
+
+    #[tokio::test]
+    async fn refuses_oversized_requests_with_413() {
+        let url = serve(HttpLimits {
+            max_body_bytes: 1024,
+            max_inputs: 3,
+        })
+        .await;
+        let huge = format!(r#"{{"input": "{}", "model": "m"}}"#, "a".repeat(2000));
+        assert_error(&post(&url, huge).await, 413, "too_large", "1024 bytes");
+        let many = r#"{"input": ["a", "b", "c", "d"], "model": "m"}"#;
+        assert_error(
+            &post(&url, many.into()).await,
+            413,
+            "too_large",
+            "at most 3",
+        );
+    }
+}
