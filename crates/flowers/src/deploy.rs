@@ -47,6 +47,12 @@ pub struct DeployArgs {
     /// Replicas to keep running.
     #[arg(long)]
     pub replicas: Option<u32>,
+    /// The readiness probe's path (default /healthz, which the Python SDK answers).
+    #[arg(long)]
+    pub probe_path: Option<String>,
+    /// How often the readiness probe runs, e.g. 500ms (default 2s).
+    #[arg(long)]
+    pub probe_interval: Option<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -156,6 +162,16 @@ pub fn service_spec(args: &DeployArgs) -> anyhow::Result<Value> {
     spec.insert("routes".into(), Value::Array(routes));
     if let Some(replicas) = args.replicas {
         spec.insert("replicas".into(), json!(replicas));
+    }
+    let mut probe = Map::new();
+    if let Some(path) = &args.probe_path {
+        probe.insert("path".into(), json!(path));
+    }
+    if let Some(interval) = &args.probe_interval {
+        probe.insert("interval".into(), json!(interval));
+    }
+    if !probe.is_empty() {
+        spec.insert("probe".into(), Value::Object(probe));
     }
     Ok(Value::Object(spec))
 }

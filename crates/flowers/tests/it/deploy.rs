@@ -227,6 +227,21 @@ async fn a_job_added_with_train_runs_and_names_are_checked() {
             vec!["deploy", WORKLOAD, "--name", "x", "--env", "NOEQUALS"],
             "expected KEY=VALUE",
         ),
+        (
+            vec![
+                "deploy",
+                WORKLOAD,
+                "--name",
+                "x",
+                "--probe-interval",
+                "often",
+            ],
+            "request body: probe.interval: ",
+        ),
+        (
+            vec!["deploy", WORKLOAD, "--name", "x", "--probe-path", "healthz"],
+            "request body: probe.path: ",
+        ),
     ] {
         let (code, _, err) = server.cli(&args);
         assert_ne!(code, 0, "{args:?}");
@@ -284,7 +299,16 @@ app.run()
     )
     .unwrap();
     let app = app.to_str().unwrap();
-    let (code, _, err) = server.cli(&["deploy", app, "--name", "hello", "--devices", "0"]);
+    let (code, _, err) = server.cli(&[
+        "deploy",
+        app,
+        "--name",
+        "hello",
+        "--devices",
+        "0",
+        "--probe-interval",
+        "200ms",
+    ]);
     assert_eq!(code, 0, "{err}");
     let url = format!(
         "http://127.0.0.1:{}/hello/greet?name=flowers",
