@@ -25,7 +25,7 @@ use api_types::{
 use api_types::{
     GatewayReport, GatewayRouteInfo, LatencyBucket, LatencyInfo, StatusClasses, TrafficInfo,
 };
-use domain::{DeviceKind, RunId};
+use domain::{DeviceKind, OwnerKind, RunId};
 use store::{EventFilter, RunFilter, RunRecord, Store};
 
 use crate::error::ApiFailure;
@@ -341,25 +341,36 @@ async fn remove_service(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<ActionResponse>), ApiFailure> {
-    remove(state, name, "service").await
+    remove(state, name, OwnerKind::Service).await
 }
 
 async fn remove(
     state: AppState,
     name: String,
-    kind: &str,
+    kind: OwnerKind,
 ) -> Result<(StatusCode, Json<ActionResponse>), ApiFailure> {
     let view = state.orchestrator.view();
-    let other = match kind {
-        "service" => view.jobs.iter().any(|j| j.spec.name.as_str() == name),
-        _ => view.services.iter().any(|s| s.spec.name.as_str() == name),
+    let (what, other) = match kind {
+        OwnerKind::Service => (
+            "service",
+            view.jobs.iter().any(|j| j.spec.name.as_str() == name),
+        ),
+        OwnerKind::Job => (
+            "job",
+            view.services.iter().any(|s| s.spec.name.as_str() == name),
+        ),
     };
     if other {
         return Err(ApiFailure::not_found(format!(
-            "no {kind} is named {name:?} (there is one of the other kind)"
+            "no {what} is named {name:?} (there is one of the other kind)"
         )));
     }
     let message = state.orchestrator.remove(&name).await?;
+    // Answer once the gateway no longer routes it: a request sent after the answer is
+    // unrouted, not sent to a replica being drained.
+    if kind == OwnerKind::Service {
+        gateway_settled(&state, &name, false).await;
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(ActionResponse { message, run: None }),
@@ -428,7 +439,7 @@ async fn remove_job(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<ActionResponse>), ApiFailure> {
-    remove(state, name, "job").await
+    remove(state, name, OwnerKind::Job).await
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{name}",

@@ -110,6 +110,16 @@ pub enum Error {
     Store(#[from] store::StoreError),
 }
 
+impl Error {
+    /// A service's Run tried to register a version: only jobs do.
+    pub(crate) fn not_a_job(run: &RunId, service: &Name) -> Error {
+        Error::Refused(format!(
+            "run {run} belongs to service {service}; only jobs register versions \
+             (import files with `flowers models import`)"
+        ))
+    }
+}
+
 /// What asking for a job to start did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobStarted {
@@ -309,11 +319,7 @@ impl Handle {
                     return Err(Error::RunEnded(run.to_string()))
                 }
                 Some(record) if record.owner.kind == domain::OwnerKind::Service => {
-                    return Err(Error::Refused(format!(
-                        "run {run} belongs to service {}; only jobs register versions \
-                         (import files with `flowers models import`)",
-                        record.owner.name
-                    )))
+                    return Err(Error::not_a_job(run, &record.owner.name))
                 }
                 Some(_) => {}
             }

@@ -53,11 +53,7 @@ impl Engine {
                     };
                 };
                 if live.record.owner.kind != OwnerKind::Job {
-                    return Err(Error::Refused(format!(
-                        "run {run} belongs to service {}; only jobs register versions \
-                         (import files with `flowers models import`)",
-                        live.record.owner.name
-                    )));
+                    return Err(Error::not_a_job(run, &live.record.owner.name));
                 }
                 Some(live.record.owner.name.to_string())
             }

@@ -8,6 +8,12 @@ use domain::{EventKind, JobSpec, ModelSpec, Name, NewEvent, OwnerKind, RunId, Se
 use super::{spec_hash, Engine, JobOutcome, ModelState, StopCause};
 use crate::Error;
 
+/// A spec read back from the store.
+enum Stored {
+    Service(ServiceSpec),
+    Job(JobSpec),
+}
+
 impl Engine {
     /// Services and jobs added at run time, from the store. One whose name the configuration
     /// now declares is dropped (the file wins); one whose stored spec cannot be read is left
@@ -33,24 +39,22 @@ impl Engine {
                 );
                 continue;
             }
-            let loaded = match stored.kind {
-                OwnerKind::Service => serde_json::from_str::<ServiceSpec>(&stored.spec_json)
-                    .map(|spec| (Some(spec), None)),
-                OwnerKind::Job => serde_json::from_str::<JobSpec>(&stored.spec_json)
-                    .map(|spec| (None, Some(spec))),
+            // A spec that cannot be read is reported; the store's own errors stop the start.
+            let parsed = match stored.kind {
+                OwnerKind::Service => serde_json::from_str(&stored.spec_json).map(Stored::Service),
+                OwnerKind::Job => serde_json::from_str(&stored.spec_json).map(Stored::Job),
             };
-            match loaded {
-                Ok((Some(spec), _)) => {
+            match parsed {
+                Ok(Stored::Service(spec)) => {
                     self.ensure_model(spec.model.as_ref())?;
                     if self.insert_service(name.clone(), spec, true)? {
                         cleared.push(name);
                     }
                 }
-                Ok((_, Some(spec))) => {
+                Ok(Stored::Job(spec)) => {
                     self.ensure_model(spec.model.as_ref())?;
                     self.insert_job(name, spec, true)?;
                 }
-                Ok((None, None)) => {}
                 Err(error) => {
                     tracing::error!(%error, owner = %name, "cannot read a stored spec");
                     self.emit(
@@ -128,7 +132,7 @@ impl Engine {
         self.store
             .put_spec(name.as_str(), OwnerKind::Service, &json)?;
         self.ensure_model(spec.model.as_ref())?;
-        let message = if let Some(service) = self.services.get_mut(&name) {
+        let (kind, message) = if let Some(service) = self.services.get_mut(&name) {
             let restarts = service.hash != spec_hash(&spec);
             service.hash = spec_hash(&spec);
             service.spec = spec;
@@ -137,20 +141,19 @@ impl Engine {
             service.backoff_until = None;
             service.finished_slots.clear();
             self.save_owner_state(name.as_str(), OwnerKind::Service, 0, false);
-            if restarts {
+            let message = if restarts {
                 format!("service {name} changed: its replicas are replaced blue/green")
             } else {
                 format!("service {name} changed")
-            }
+            };
+            (EventKind::OwnerChanged, message)
         } else {
             let replicas = spec.replicas;
             self.insert_service(name.clone(), spec, true)?;
-            format!("service {name} added with {replicas} replica(s)")
-        };
-        let kind = if message.contains("added") {
-            EventKind::OwnerAdded
-        } else {
-            EventKind::OwnerChanged
+            (
+                EventKind::OwnerAdded,
+                format!("service {name} added with {replicas} replica(s)"),
+            )
         };
         self.emit(NewEvent::new(kind, message.clone()).owner(&name));
         Ok(message)
