@@ -559,7 +559,11 @@ fn embedded_default_loads_cleanly() {
     let config = embedded(&user_environment(), &Overrides::default()).unwrap();
     assert_eq!(config.source, ConfigSource::Embedded);
     assert_eq!(config.server.api_listen, "127.0.0.1:7070".parse().unwrap());
-    assert!(config.services.is_empty());
+    // The built-in engines, run by this binary on the default models.
+    let embed = &config.services[&Name::new("embed").unwrap()];
+    assert_eq!(embed.command, ["flowers", "engine", "embed"]);
+    assert_eq!(embed.model.as_ref().map(Name::as_str), Some("minilm"));
+    assert!(config.models.contains_key(&Name::new("minilm").unwrap()));
     // The environment still applies to it.
     let env = with_vars(&[("FLOWERS_CPU_SLOTS", "2")]);
     let config = embedded(&env, &Overrides::default()).unwrap();

@@ -114,6 +114,7 @@ pub async fn client_command(api: &str, json: bool, command: Command) -> anyhow::
         | Command::Check { .. }
         | Command::Openapi
         | Command::Bench(_)
+        | Command::Engine(_)
         | Command::Gateway { action: Some(_) } => {
             unreachable!("handled in main")
         }

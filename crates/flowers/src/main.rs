@@ -5,6 +5,7 @@ mod access_log;
 mod bench;
 mod commands;
 mod deploy;
+mod engine;
 mod models;
 mod python_sdk;
 mod routes;
@@ -120,6 +121,9 @@ enum Command {
     /// Benchmarks that start a Flowers of their own.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run a built-in model engine (Flowers starts these as services; see `engine embed --help`).
+    #[command(subcommand)]
+    Engine(engine::EngineCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -152,6 +156,11 @@ struct UpArgs {
     /// Number of CPU slots (overrides [devices] cpu_slots and FLOWERS_CPU_SLOTS).
     #[arg(long)]
     cpu_slots: Option<u32>,
+    /// Import the file or directory PATH as model NAME's first version, and promote it, when
+    /// NAME has no version yet; nothing happens once it has one. Repeatable. scripts/up gives
+    /// the embedded default's engines their models this way.
+    #[arg(long = "import-model", value_name = "NAME=PATH", value_parser = up::parse_import)]
+    import_models: Vec<up::Import>,
 }
 
 fn main() -> ExitCode {
@@ -171,6 +180,7 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::Availability(args)) => {
                 bench::availability(args, cli.json).await
             }
+            Command::Engine(command) => engine::run(command).await,
             Command::Openapi => {
                 println!("{}", api::openapi_json());
                 Ok(ExitCode::SUCCESS)

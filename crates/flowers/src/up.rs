@@ -43,6 +43,60 @@ pub fn load_config(
     }
 }
 
+/// `--import-model NAME=PATH`.
+#[derive(Clone, Debug)]
+pub struct Import {
+    pub model: String,
+    pub path: PathBuf,
+}
+
+pub fn parse_import(text: &str) -> Result<Import, String> {
+    let Some((model, path)) = text.split_once('=') else {
+        return Err(format!("expected NAME=PATH, got {text:?}"));
+    };
+    domain::Name::new(model).map_err(|error| format!("model name {model:?}: {error}"))?;
+    if path.is_empty() {
+        return Err(format!("no path after {model}="));
+    }
+    let path = std::path::absolute(path).map_err(|error| format!("{path}: {error}"))?;
+    if !path.exists() {
+        return Err(format!("{}: no such file or directory", path.display()));
+    }
+    Ok(Import {
+        model: model.to_string(),
+        path,
+    })
+}
+
+/// Imports `import` unless its model already has a version, and promotes it when the model's
+/// policy did not: a service waiting for that model starts on it at once.
+async fn import_first_version(
+    handle: &orchestrator::Handle,
+    import: &Import,
+) -> anyhow::Result<()> {
+    if !handle.store().versions(&import.model)?.is_empty() {
+        return Ok(());
+    }
+    let registered = handle
+        .register_version(orchestrator::Registration {
+            model: import.model.clone(),
+            path: import.path.clone(),
+            metrics: Default::default(),
+            run: None,
+        })
+        .await?;
+    let version = registered.version.version;
+    if !registered.promoted {
+        handle.promote(&import.model, version).await?;
+    }
+    println!(
+        "imported {} as {}:{version} and promoted it",
+        import.path.display(),
+        import.model
+    );
+    Ok(())
+}
+
 pub async fn up(args: UpArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
     init_logging(json_logs);
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
@@ -113,6 +167,11 @@ pub async fn up(args: UpArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
     let settings = orchestrator::Settings {
         data_dir: data_dir.clone(),
         control_url: format!("http://{}", reachable(api_addr)),
+        gateway_url: format!("http://{}", reachable(gateway_addr)),
+        flowers_exe: Some(
+            std::env::current_exe()
+                .context("cannot find the flowers executable to start engines with")?,
+        ),
         log_max_bytes: config.logs.max_size.bytes(),
         log_keep: config.logs.keep,
         keep_runs: config.logs.keep_runs,
@@ -142,6 +201,23 @@ pub async fn up(args: UpArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         .await
         .context("cannot start the orchestrator")?;
     let vram_task = tokio::spawn(crate::vram::follow(gpus.clone(), handle.clone()));
+    for import in &args.import_models {
+        if !config
+            .models
+            .keys()
+            .any(|name| name.as_str() == import.model)
+        {
+            println!(
+                "--import-model {}: skipped, the config declares no [models.{}]",
+                import.model, import.model
+            );
+            continue;
+        }
+        if let Err(error) = import_first_version(&handle, import).await {
+            // The server is up: its services wait for a model instead, and say so.
+            eprintln!("flowers: --import-model {}: {error:#}", import.model);
+        }
+    }
 
     let info = api_types::ServerInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),

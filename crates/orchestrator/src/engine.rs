@@ -25,6 +25,9 @@ use crate::versions;
 use crate::view::{JobView, OwnerStatus, ServiceView, View};
 use crate::{Command, Desired, Error, Handle, JobStarted, Settings};
 
+/// A command whose program is this name runs `Settings::flowers_exe`.
+const FLOWERS_PROGRAM: &str = "flowers";
+
 /// Everything that can make the orchestrator act. One closed set, handled one at a time.
 pub(crate) enum Input {
     Command(Command),
@@ -1421,7 +1424,7 @@ impl Engine {
     }
 
     async fn start_run(&mut self, key: Key, device: Option<DeviceId>, vram: Option<ByteSize>) {
-        let (owner, hash, command, workdir, spec_env, stop_grace, probe) = match &key {
+        let (owner, hash, mut command, workdir, spec_env, stop_grace, probe) = match &key {
             Key::Replica(name, replica) => {
                 let service = &self.services[name];
                 (
@@ -1455,6 +1458,11 @@ impl Engine {
                 )
             }
         };
+        if let (Some(program), Some(exe)) = (command.first_mut(), &self.settings.flowers_exe) {
+            if program == FLOWERS_PROGRAM {
+                *program = exe.to_string_lossy().into_owned();
+            }
+        }
         let attempt = match &key {
             Key::Replica(name, _) => self.services[name].failures,
             Key::Job(name) => self.jobs[name].failures,
@@ -1600,6 +1608,10 @@ impl Engine {
             (
                 "FLOWERS_CONTROL_URL".to_string(),
                 self.settings.control_url.clone(),
+            ),
+            (
+                "FLOWERS_GATEWAY_URL".to_string(),
+                self.settings.gateway_url.clone(),
             ),
             (
                 match owner.kind {

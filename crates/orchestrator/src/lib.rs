@@ -34,6 +34,13 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Given to every Run as `FLOWERS_CONTROL_URL`.
     pub control_url: String,
+    /// Given to every Run as `FLOWERS_GATEWAY_URL`: how one service calls another (the RAG
+    /// service reaches the engines through the gateway, so their version swaps cover it too).
+    pub gateway_url: String,
+    /// The program a command whose program is exactly `flowers` runs: this binary, not a
+    /// `PATH` lookup, so engines served as services (`command = ["flowers", "engine", "chat"]`)
+    /// are always the server's own version. `None` leaves such commands to `PATH`.
+    pub flowers_exe: Option<PathBuf>,
     pub log_max_bytes: u64,
     pub log_keep: u32,
     /// Runs of each service or job whose directory is kept; older ended ones are deleted.

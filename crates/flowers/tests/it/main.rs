@@ -9,6 +9,7 @@ mod cli;
 mod config_errors;
 mod deploy;
 mod devices;
+mod engines;
 mod gateway;
 mod jobs;
 mod lifecycle;

@@ -44,6 +44,8 @@ pub struct TestServer {
     pub gateway_port: u16,
     child: Option<Child>,
     pub client: Client,
+    /// More arguments for `flowers up`, after `--config flowers.toml`.
+    pub up_args: Vec<String>,
 }
 
 impl TestServer {
@@ -54,6 +56,10 @@ impl TestServer {
     }
 
     pub async fn start_with_env(body: &str, env: &[(&str, &str)]) -> TestServer {
+        Self::start_with_args(body, env, &[]).await
+    }
+
+    pub async fn start_with_args(body: &str, env: &[(&str, &str)], up_args: &[&str]) -> TestServer {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let api_port = free_port();
         let gateway_port = free_port();
@@ -63,6 +69,7 @@ impl TestServer {
             gateway_port,
             child: None,
             client: Client::new(&format!("http://127.0.0.1:{api_port}")),
+            up_args: up_args.iter().map(|a| a.to_string()).collect(),
         };
         server.write_config(body);
         server.launch(env).await;
@@ -107,6 +114,7 @@ impl TestServer {
         let mut command = Command::new(FLOWERS);
         command
             .args(["up", "--config", "flowers.toml"])
+            .args(&self.up_args)
             .current_dir(self.dir.path())
             .env("FLOWERS_LOG", "info")
             .env_remove("FLOWERS_API")
@@ -315,4 +323,28 @@ pub async fn get_json(port: u16, path: &str) -> Option<serde_json::Value> {
         .await
         .ok()?;
     response.json().await.ok()
+}
+
+/// Where the real default model `name` ("minilm", "smollm2") is: `FLOWERS_TEST_MINILM` /
+/// `FLOWERS_TEST_SMOLLM2` (scripts/test sets them), else asked of scripts/model-paths, which
+/// reads scripts/setup's virtual environment. Tests that need a model fail without it.
+pub fn default_model(name: &str) -> PathBuf {
+    let variable = format!("FLOWERS_TEST_{}", name.to_uppercase());
+    if let Some(path) = std::env::var_os(&variable).filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/model-paths");
+    let output = Command::new(script)
+        .output()
+        .expect("scripts/model-paths runs");
+    assert!(
+        output.status.success(),
+        "{variable} is unset and scripts/model-paths failed ({}): run scripts/setup, which installs the default models",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    let prefix = format!("{name}=");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix).map(PathBuf::from))
+        .unwrap_or_else(|| panic!("scripts/model-paths names no {name}"))
 }

@@ -1,0 +1,112 @@
+//! `flowers engine …`: the built-in model engines, each a plain HTTP server that Flowers runs
+//! as a service (`command = ["flowers", "engine", "embed"]`) like any other: supervised,
+//! probed on `/healthz`, following a Model whose promoted version it loads from
+//! `$FLOWERS_MODEL_PATH`, and listening on `127.0.0.1:$FLOWERS_PORT`. They also run by hand,
+//! outside Flowers, with `--model` and `--listen`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use axum::routing::get;
+use axum::Router;
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum EngineCommand {
+    /// Serve a BERT-family sentence-embedding model (a sentence-transformers directory):
+    /// OpenAI-compatible `POST /v1/embeddings`.
+    Embed(EngineArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EngineArgs {
+    /// The model's files. Flowers sets FLOWERS_MODEL_PATH to the promoted version of the
+    /// service's Model.
+    #[arg(long, env = "FLOWERS_MODEL_PATH", value_name = "PATH")]
+    model: PathBuf,
+    /// Where to listen (default: 127.0.0.1 on FLOWERS_PORT, which Flowers sets).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// The port on 127.0.0.1 when --listen is not given.
+    #[arg(long, env = "FLOWERS_PORT", hide = true)]
+    port: Option<u16>,
+}
+
+impl EngineArgs {
+    fn address(&self) -> anyhow::Result<SocketAddr> {
+        match (self.listen, self.port) {
+            (Some(address), _) => Ok(address),
+            (None, Some(port)) => Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+            (None, None) => anyhow::bail!(
+                "no address to listen on: pass --listen ADDR (Flowers sets FLOWERS_PORT for its services)"
+            ),
+        }
+    }
+}
+
+pub async fn run(command: EngineCommand) -> anyhow::Result<ExitCode> {
+    init_logging();
+    match command {
+        EngineCommand::Embed(args) => embed(args).await,
+    }
+}
+
+async fn embed(args: EngineArgs) -> anyhow::Result<ExitCode> {
+    let address = args.address()?;
+    let started = Instant::now();
+    let dir = args.model.clone();
+    let embedder = tokio::task::spawn_blocking(move || engines::embed::Embedder::load(&dir))
+        .await
+        .context("the loading thread panicked")?
+        .with_context(|| format!("cannot load the embedding model {}", args.model.display()))?;
+    println!(
+        "embed engine: {} ({} dimensions, {:?} pooling{}) from {} in {} ms",
+        embedder.name(),
+        embedder.dimension(),
+        embedder.pooling(),
+        if embedder.normalizes() {
+            ", normalised"
+        } else {
+            ""
+        },
+        args.model.display(),
+        started.elapsed().as_millis()
+    );
+    serve(address, engines::embed::router(Arc::new(embedder))).await
+}
+
+/// Serves `router` plus `/healthz` until SIGTERM or Ctrl-C, then finishes the requests in
+/// flight: Flowers drains a replica before it stops it, so few remain.
+async fn serve(address: SocketAddr, router: Router) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    println!("listening on http://{}", listener.local_addr()?);
+    let router = router.route("/healthz", get(|| async { "ok\n" }));
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        })
+        .await
+        .context("the HTTP server failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOWERS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+}
