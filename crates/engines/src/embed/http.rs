@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use api_types::ApiError;
@@ -84,7 +85,26 @@ struct EmbeddingsResponse {
 struct EmbeddingObject {
     object: &'static str,
     index: usize,
-    embedding: Vec<f32>,
+    embedding: Embedding,
+}
+
+/// `encoding_format` "float" (a JSON array) or "base64": the little-endian f32 bytes, which
+/// the official OpenAI clients ask for by default and decode themselves.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Embedding {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+impl Embedding {
+    fn encode(vector: Vec<f32>, base64: bool) -> Embedding {
+        if !base64 {
+            return Embedding::Float(vector);
+        }
+        let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+        Embedding::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
 }
 
 #[derive(Serialize)]
@@ -157,14 +177,15 @@ async fn create_embeddings(
             "body is not an embeddings request ({error}); expected {{\"input\": string or array of strings, \"model\": string}}"
         ))
     })?;
-    match request.encoding_format.as_deref() {
-        None | Some("float") => {}
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
         Some(other) => {
             return Err(Failure::bad_request(format!(
-                "encoding_format \"{other}\" is not supported; use \"float\" (or leave it out)"
+                "encoding_format \"{other}\" is not supported; use \"float\" or \"base64\" (or leave it out)"
             )))
         }
-    }
+    };
     let embedder = served.embedder.clone();
     if let Some(dimensions) = request.dimensions {
         if dimensions != embedder.dimension() {
@@ -220,7 +241,7 @@ async fn create_embeddings(
             .map(|(index, embedding)| EmbeddingObject {
                 object: "embedding",
                 index,
-                embedding,
+                embedding: Embedding::encode(embedding, base64),
             })
             .collect(),
         model,

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use base64::Engine as _;
+
 use super::*;
 
 const MODEL_ENV: &str = "FLOWERS_TEST_MINILM";
@@ -371,6 +373,25 @@ mod http {
             assert_eq!(got, expected[index]);
         }
 
+        // base64, as the official clients ask by default: the same floats, little-endian.
+        let (status, body) = post(
+            &url,
+            r#"{"input": ["This is an example sentence"], "encoding_format": "base64"}"#.into(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let text = body["data"][0]["embedding"]
+            .as_str()
+            .expect("a base64 string");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .unwrap();
+        let decoded: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(decoded, expected[0]);
+
         let (status, body) = post(&url, r#"{"input": "That is a happy person"}"#.into()).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["data"].as_array().unwrap().len(), 1);
@@ -380,12 +401,12 @@ mod http {
     #[tokio::test]
     async fn refuses_bad_requests_with_a_reason() {
         let url = serve(HttpLimits::default()).await;
-        let base64 = r#"{"input": "x", "model": "m", "encoding_format": "base64"}"#;
+        let int8 = r#"{"input": "x", "model": "m", "encoding_format": "int8"}"#;
         assert_error(
-            &post(&url, base64.into()).await,
+            &post(&url, int8.into()).await,
             400,
             "bad_request",
-            "base64",
+            "encoding_format \"int8\" is not supported",
         );
         assert_error(
             &post(&url, "{not json".into()).await,

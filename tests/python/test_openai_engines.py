@@ -1,0 +1,117 @@
+"""The built-in engines and the RAG route, as a user reaches them: the embedded default config
+(`flowers up` in a directory without flowers.toml), its models imported with --import-model the
+way scripts/up does, and the official OpenAI Python client pointed at the gateway.
+
+    python -m pytest tests/python
+
+Needs the release binary (FLOWERS_BIN, else $CARGO_TARGET_DIR/release/flowers, else
+target/release/flowers), the `openai` package and the default models (scripts/setup installs
+both; scripts/model-paths says where the models are).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def flowers_binary():
+    candidates = [os.environ.get("FLOWERS_BIN")]
+    if os.environ.get("CARGO_TARGET_DIR"):
+        candidates.append(os.path.join(os.environ["CARGO_TARGET_DIR"], "release", "flowers"))
+    candidates.append(str(REPO / "target" / "release" / "flowers"))
+    for path in candidates:
+        if path and os.access(path, os.X_OK):
+            return path
+    pytest.fail("no flowers binary: set FLOWERS_BIN or build one (cargo build --release -p flowers)")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def model_paths():
+    out = subprocess.run([str(REPO / "scripts" / "model-paths")], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.fail(f"scripts/model-paths failed: {out.stderr.strip()} (run scripts/setup)")
+    return dict(line.split("=", 1) for line in out.stdout.splitlines())
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return json.load(answer)
+
+
+@pytest.fixture(scope="module")
+def flowers(tmp_path_factory):
+    """The embedded default on free ports, with the default models imported."""
+    home = tmp_path_factory.mktemp("flowers")
+    api, gateway = free_port(), free_port()
+    imports = []
+    for name, path in model_paths().items():
+        imports += ["--import-model", f"{name}={path}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("FLOWERS_CONFIG", "FLOWERS_API")}
+    log = open(home / "flowers.log", "wb")
+    process = subprocess.Popen(
+        [flowers_binary(), "up", "--api-listen", f"127.0.0.1:{api}",
+         "--gateway-listen", f"127.0.0.1:{gateway}", "--data-dir", str(home / "data"),
+         "--cpu-slots", "2", *imports],
+        cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
+    control = f"http://127.0.0.1:{api}"
+    deadline = time.monotonic() + 120
+    services = []
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (home / "flowers.log").read_text()
+        try:
+            services = get_json(f"{control}/v1/services")
+            if services and all(s["ready_replicas"] >= 1 for s in services):
+                break
+        except OSError:
+            pass
+        time.sleep(0.2)
+    else:
+        process.terminate()
+        pytest.fail(f"the default services did not all get ready: {services}\n"
+                    + (home / "flowers.log").read_text())
+    yield {"control": control, "base": f"http://127.0.0.1:{gateway}",
+           "services": {s["name"] for s in services}, "home": home}
+    process.terminate()
+    process.wait(timeout=60)
+
+
+def cosine(a, b):
+    dot = sum(x * y for x, y in zip(a, b))
+    norm = lambda v: sum(x * x for x in v) ** 0.5  # noqa: E731
+    return dot / (norm(a) * norm(b))
+
+
+def test_the_default_runs_the_engines(flowers):
+    assert {"embed"} <= flowers["services"]
+
+
+def test_embeddings_with_the_openai_client(flowers):
+    client = openai.OpenAI(base_url=flowers["base"] + "/v1", api_key="unused")
+    answer = client.embeddings.create(
+        model="minilm", input=["This is an example sentence", "Each sentence is converted"])
+    first, second = (d.embedding for d in answer.data)
+    assert len(first) == 384
+    # The model card's pair (crates/engines/reference/minilm_numpy.py computes 0.404559).
+    assert abs(cosine(first, second) - 0.4046) < 1e-3
+    assert answer.usage.prompt_tokens > 0
+
+
+def test_bad_embeddings_requests_are_clear_errors(flowers):
+    client = openai.OpenAI(base_url=flowers["base"] + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.embeddings.create(model="minilm", input=[])
+    assert "input" in str(caught.value)
