@@ -490,3 +490,31 @@ mod loading {
 }
 
 mod http;
+
+#[test]
+fn weights_left_quantized_answer_too() {
+    let model = load(ChatOptions {
+        unpack_weights_up_to_bytes: 0,
+        ..ChatOptions::default()
+    });
+    let answer = block_on(model.complete("The capital of France is", &greedy(3))).unwrap();
+    assert_eq!(answer.usage.completion_tokens, 3);
+    // Measured with the Q4_1 kernels as with f32: " Paris.\n".
+    assert!(answer.text.starts_with(" Paris"), "{:?}", answer.text);
+}
+
+#[test]
+fn dropping_the_stream_cancels_the_generation() {
+    let model = load(ChatOptions::default());
+    let stream = model
+        .submit_text("Count from 1 to 10000: 1, 2, 3,", &greedy(3000))
+        .unwrap();
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while model.stats().cancelled == 0 {
+        assert!(Instant::now() < deadline, "{:?}", model.stats());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stats = model.stats();
+    assert_eq!((stats.active, stats.completed, stats.cancelled), (0, 0, 1));
+}
