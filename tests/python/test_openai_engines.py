@@ -96,7 +96,7 @@ def cosine(a, b):
 
 
 def test_the_default_runs_the_engines(flowers):
-    assert {"embed"} <= flowers["services"]
+    assert {"embed", "chat"} <= flowers["services"]
 
 
 def test_embeddings_with_the_openai_client(flowers):
@@ -115,3 +115,59 @@ def test_bad_embeddings_requests_are_clear_errors(flowers):
     with pytest.raises(openai.BadRequestError) as caught:
         client.embeddings.create(model="minilm", input=[])
     assert "input" in str(caught.value)
+
+
+def chat_client(flowers):
+    return openai.OpenAI(base_url=flowers["base"] + "/v1", api_key="unused", max_retries=0)
+
+
+MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_chat_with_the_openai_client_is_deterministic_for_a_seed(flowers):
+    client = chat_client(flowers)
+    answers = [client.chat.completions.create(model="smollm2", messages=MESSAGES, seed=7,
+                                              temperature=0.8, max_tokens=24)
+               for _ in range(2)]
+    first, second = (a.choices[0].message.content for a in answers)
+    assert first and first == second
+    assert answers[0].model == "smollm2"
+    assert answers[0].usage.completion_tokens <= 24
+    greedy = client.chat.completions.create(model="smollm2", messages=MESSAGES, temperature=0,
+                                            max_tokens=24)
+    assert "Paris" in greedy.choices[0].message.content
+
+
+def test_chat_streams_the_same_text(flowers):
+    client = chat_client(flowers)
+    whole = client.chat.completions.create(model="smollm2", messages=MESSAGES, seed=3,
+                                           max_tokens=16)
+    pieces = []
+    finish = None
+    for chunk in client.chat.completions.create(model="smollm2", messages=MESSAGES, seed=3,
+                                                max_tokens=16, stream=True):
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert finish == whole.choices[0].finish_reason
+
+
+def test_completions_and_models_with_the_openai_client(flowers):
+    client = chat_client(flowers)
+    listed = [m.id for m in client.models.list().data]
+    assert listed == ["smollm2"]
+    answer = client.completions.create(model="smollm2", prompt="One, two, three,",
+                                       max_tokens=8, temperature=0, stop=["\n"])
+    assert answer.choices[0].text and "\n" not in answer.choices[0].text
+
+
+def test_bad_chat_requests_are_clear_errors(flowers):
+    client = chat_client(flowers)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="smollm2", messages=[], max_tokens=4)
+    assert "messages" in str(caught.value)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="smollm2", messages=MESSAGES, temperature=9)
+    assert "temperature" in str(caught.value)

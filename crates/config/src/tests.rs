@@ -564,6 +564,10 @@ fn embedded_default_loads_cleanly() {
     assert_eq!(embed.command, ["flowers", "engine", "embed"]);
     assert_eq!(embed.model.as_ref().map(Name::as_str), Some("minilm"));
     assert!(config.models.contains_key(&Name::new("minilm").unwrap()));
+    let chat = &config.services[&Name::new("chat").unwrap()];
+    assert_eq!(chat.command, ["flowers", "engine", "chat"]);
+    assert_eq!(chat.model.as_ref().map(Name::as_str), Some("smollm2"));
+    assert!(config.models.contains_key(&Name::new("smollm2").unwrap()));
     // The environment still applies to it.
     let env = with_vars(&[("FLOWERS_CPU_SLOTS", "2")]);
     let config = embedded(&env, &Overrides::default()).unwrap();

@@ -20,6 +20,31 @@ pub enum EngineCommand {
     /// Serve a BERT-family sentence-embedding model (a sentence-transformers directory):
     /// OpenAI-compatible `POST /v1/embeddings`.
     Embed(EngineArgs),
+    /// Serve a llama-family GGUF chat model: OpenAI-compatible `POST /v1/chat/completions`,
+    /// `POST /v1/completions` (both streaming) and `GET /v1/models`.
+    Chat(ChatArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// The model's id in answers and `/v1/models` (default: the Model Flowers serves,
+    /// FLOWERS_MODEL, else the GGUF's own name).
+    #[arg(long, env = "FLOWERS_MODEL")]
+    name: Option<String>,
+    /// Threads generating tokens; requests beyond them take turns token by token.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
+    /// Requests generating at once (taking turns); more wait in arrival order.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    max_active: u16,
+    /// Requests waiting beyond those; more are refused with 503 and Retry-After.
+    #[arg(long, default_value_t = 64)]
+    max_waiting: usize,
+    /// Cap on the context, in tokens (default: the model's, at most 4096).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(16..))]
+    max_context: Option<u32>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -52,7 +77,35 @@ pub async fn run(command: EngineCommand) -> anyhow::Result<ExitCode> {
     init_logging();
     match command {
         EngineCommand::Embed(args) => embed(args).await,
+        EngineCommand::Chat(args) => chat(args).await,
     }
+}
+
+async fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
+    let address = args.engine.address()?;
+    let started = Instant::now();
+    let options = engines::chat::ChatOptions {
+        name: args.name.clone(),
+        workers: args.workers.into(),
+        max_active: args.max_active.into(),
+        max_waiting: args.max_waiting,
+        max_context: args.max_context.map(|n| n as usize),
+        ..engines::chat::ChatOptions::default()
+    };
+    let path = args.engine.model.clone();
+    let model = tokio::task::spawn_blocking(move || engines::chat::ChatModel::load(&path, options))
+        .await
+        .context("the loading thread panicked")?
+        .with_context(|| format!("cannot load the chat model {}", args.engine.model.display()))?;
+    println!(
+        "chat engine: {} ({} tokens of context) from {} in {} ms",
+        model.name(),
+        model.context_length(),
+        args.engine.model.display(),
+        started.elapsed().as_millis()
+    );
+    let router = engines::chat::router(Arc::new(model), engines::chat::ChatHttpLimits::default());
+    serve(address, router).await
 }
 
 async fn embed(args: EngineArgs) -> anyhow::Result<ExitCode> {
