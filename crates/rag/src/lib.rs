@@ -14,6 +14,7 @@ mod chunk;
 mod embed;
 mod error;
 pub mod extract;
+pub mod http;
 mod index;
 mod library;
 pub mod prompt;
