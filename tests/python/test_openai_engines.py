@@ -96,7 +96,7 @@ def cosine(a, b):
 
 
 def test_the_default_runs_the_engines(flowers):
-    assert {"embed", "chat"} <= flowers["services"]
+    assert {"embed", "chat", "rag"} <= flowers["services"]
 
 
 def test_embeddings_with_the_openai_client(flowers):
@@ -171,3 +171,103 @@ def test_bad_chat_requests_are_clear_errors(flowers):
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="smollm2", messages=MESSAGES, temperature=9)
     assert "temperature" in str(caught.value)
+
+
+CORPUS = REPO / "crates" / "rag" / "eval" / "corpus"
+
+
+def cli(flowers, *args):
+    """`flowers ARGS…` against this server's gateway; (exit code, stdout, stderr)."""
+    out = subprocess.run([flowers_binary(), *args], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "FLOWERS_GATEWAY": flowers["base"],
+                              "FLOWERS_API": flowers["control"]})
+    return out.returncode, out.stdout, out.stderr
+
+
+@pytest.fixture(scope="module")
+def docs(flowers, tmp_path_factory):
+    """A collection `docs` of four corpus documents: a folder of three, and one upload."""
+    folder = tmp_path_factory.mktemp("docs")
+    for name in ("bicycle-maintenance.md", "sourdough.md", "leave-policy.html"):
+        (folder / name).write_bytes((CORPUS / name).read_bytes())
+    code, out, err = cli(flowers, "rag", "ingest", str(folder), "--collection", "docs")
+    assert code == 0, err
+    assert "3 files: 3 added" in out, out
+    code, out, err = cli(flowers, "rag", "ingest", str(CORPUS / "town-history.txt"),
+                         "--collection", "docs")
+    assert code == 0 and "added" in out, (out, err)
+    return folder
+
+
+def test_rag_ingest_is_incremental(flowers, docs):
+    code, out, err = cli(flowers, "rag", "ingest", str(docs), "--collection", "docs")
+    assert code == 0 and "3 unchanged" in out, (out, err)
+    (docs / "sourdough.md").write_text((CORPUS / "sourdough.md").read_text() + "\n\nExtra note.\n")
+    (docs / "leave-policy.html").unlink()
+    code, out, err = cli(flowers, "rag", "ingest", str(docs), "--collection", "docs")
+    assert code == 0 and "1 replaced" in out and "1 deleted" in out, (out, err)
+    code, out, _ = cli(flowers, "--json", "rag", "collections")
+    [collection] = [c for c in json.loads(out) if c["name"] == "docs"]
+    assert collection["documents"] == 3
+    assert collection["embedding_model"] == "minilm"
+
+
+def test_rag_search_finds_the_section(flowers, docs):
+    code, out, err = cli(flowers, "--json", "rag", "search", "What torque for the pedal threads?",
+                         "--collection", "docs", "-k", "3")
+    assert code == 0, err
+    results = json.loads(out)["results"]
+    assert results[0]["document"].endswith("bicycle-maintenance.md"), results[0]
+    for mode in ("bm25", "dense"):
+        code, out, err = cli(flowers, "--json", "rag", "search", "feeding the starter",
+                             "--collection", "docs", "--mode", mode)
+        assert code == 0, err
+        assert json.loads(out)["mode"] == mode
+
+
+def test_rag_answers_with_citations_through_the_openai_client(flowers, docs):
+    client = openai.OpenAI(base_url=flowers["base"] + "/rag/v1", api_key="unused", max_retries=0)
+    question = [{"role": "user", "content": "How often should the chain be lubricated?"}]
+    answer = client.chat.completions.create(model="docs", messages=question, max_tokens=48,
+                                            seed=1)
+    assert answer.choices[0].message.content
+    citations = answer.model_extra["citations"]
+    assert citations and citations[0]["index"] == 1
+    assert any(c["document"].endswith("bicycle-maintenance.md") for c in citations), citations
+    # Streaming: the citations come with the first chunk, the text after.
+    chunks = list(client.chat.completions.create(model="docs", messages=question, max_tokens=48,
+                                                 seed=1, stream=True))
+    assert chunks[0].model_extra.get("citations") == citations
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == answer.choices[0].message.content
+    assert "docs" in [m.id for m in client.models.list().data]
+
+
+def test_rag_ask_prints_the_answer_and_its_sources(flowers, docs):
+    code, out, err = cli(flowers, "rag", "ask", "What is the leave policy for sourdough?",
+                         "--collection", "docs", "--max-tokens", "24", "--seed", "1")
+    assert code == 0, err
+    assert "sources:" in out and "[1] " in out, out
+
+
+def test_rag_bad_input_is_a_clear_error(flowers, docs, tmp_path):
+    client = openai.OpenAI(base_url=flowers["base"] + "/rag/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="no-such-collection", max_tokens=8,
+                                       messages=[{"role": "user", "content": "hi"}])
+    assert "no-such-collection" in str(caught.value)
+    binary = tmp_path / "photo.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    empty = tmp_path / "empty.md"
+    empty.write_text("   \n")
+    for path in (binary, empty):
+        code, out, err = cli(flowers, "rag", "ingest", str(path), "--collection", "docs")
+        assert code == 1 and path.name in err, (path, out, err)
+    code, out, err = cli(flowers, "rag", "search", "x", "--collection", "nope")
+    assert code == 1 and "nope" in err, err
+    code, out, err = cli(flowers, "rag", "ingest", "/no/such/folder", "--collection", "docs")
+    assert code == 1 and "/no/such/folder" in err, err
+    # Nothing already there was lost.
+    code, out, _ = cli(flowers, "--json", "rag", "collections")
+    [collection] = [c for c in json.loads(out) if c["name"] == "docs"]
+    assert collection["documents"] >= 3

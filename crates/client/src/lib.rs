@@ -5,7 +5,7 @@
 //! streamed logs. It never formats output for people and never reaches into Flowers' data
 //! directory: everything goes through the control API.
 
-mod sse;
+pub mod sse;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -568,6 +568,9 @@ fn embedded_default_loads_cleanly() {
     assert_eq!(chat.command, ["flowers", "engine", "chat"]);
     assert_eq!(chat.model.as_ref().map(Name::as_str), Some("smollm2"));
     assert!(config.models.contains_key(&Name::new("smollm2").unwrap()));
+    let rag = &config.services[&Name::new("rag").unwrap()];
+    assert_eq!(rag.command, ["flowers", "engine", "rag"]);
+    assert_eq!(rag.routes[0].path_prefix, "/rag");
     // The environment still applies to it.
     let env = with_vars(&[("FLOWERS_CPU_SLOTS", "2")]);
     let config = embedded(&env, &Overrides::default()).unwrap();

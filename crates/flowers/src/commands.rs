@@ -115,6 +115,7 @@ pub async fn client_command(api: &str, json: bool, command: Command) -> anyhow::
         | Command::Openapi
         | Command::Bench(_)
         | Command::Engine(_)
+        | Command::Rag(_)
         | Command::Gateway { action: Some(_) } => {
             unreachable!("handled in main")
         }

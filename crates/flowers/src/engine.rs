@@ -23,6 +23,42 @@ pub enum EngineCommand {
     /// Serve a llama-family GGUF chat model: OpenAI-compatible `POST /v1/chat/completions`,
     /// `POST /v1/completions` (both streaming) and `GET /v1/models`.
     Chat(ChatArgs),
+    /// Serve document collections with hybrid search and cited answers (the RAG service):
+    /// embeddings and answers come from the embed and chat engines through the gateway.
+    Rag(RagArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RagArgs {
+    /// Where the collections live (SQLite + search index). Default: `rag` in the service's
+    /// data directory, FLOWERS_DATA_DIR.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    #[arg(long, env = "FLOWERS_DATA_DIR", hide = true)]
+    service_data: Option<PathBuf>,
+    /// Where the embed and chat engines answer: Flowers' gateway (FLOWERS_GATEWAY_URL).
+    #[arg(long, env = "FLOWERS_GATEWAY_URL", value_name = "URL")]
+    engines: String,
+    /// The embedding model to ask for (and to record in each collection).
+    #[arg(long, default_value = "minilm")]
+    embed_model: String,
+    /// The chat model to ask for.
+    #[arg(long, default_value = "smollm2")]
+    chat_model: String,
+    /// The chat model's context window, in tokens; prompts are packed to fit it.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(256..))]
+    context_tokens: u32,
+    /// The path every route starts with (default: the service's first route, from
+    /// FLOWERS_ROUTE_PREFIXES, e.g. `/rag`).
+    #[arg(long)]
+    prefix: Option<String>,
+    #[arg(long, env = "FLOWERS_ROUTE_PREFIXES", hide = true)]
+    route_prefixes: Option<String>,
+    /// Where to listen (default: 127.0.0.1 on FLOWERS_PORT, which Flowers sets).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    #[arg(long, env = "FLOWERS_PORT", hide = true)]
+    port: Option<u16>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -78,7 +114,58 @@ pub async fn run(command: EngineCommand) -> anyhow::Result<ExitCode> {
     match command {
         EngineCommand::Embed(args) => embed(args).await,
         EngineCommand::Chat(args) => chat(args).await,
+        EngineCommand::Rag(args) => rag(args).await,
     }
+}
+
+async fn rag(args: RagArgs) -> anyhow::Result<ExitCode> {
+    let address = EngineArgs {
+        model: PathBuf::new(),
+        listen: args.listen,
+        port: args.port,
+    }
+    .address()?;
+    let dir = match (&args.data, &args.service_data) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(service)) => service.join("rag"),
+        (None, None) => anyhow::bail!(
+            "no directory for the collections: pass --data DIR (Flowers sets FLOWERS_DATA_DIR for its services)"
+        ),
+    };
+    let prefix = match (&args.prefix, &args.route_prefixes) {
+        (Some(prefix), _) => prefix.clone(),
+        (None, Some(prefixes)) => prefixes.split(' ').next().unwrap_or_default().to_string(),
+        (None, None) => String::new(),
+    };
+    let prefix = prefix.trim_end_matches('/').to_string();
+    if !prefix.is_empty() && !prefix.starts_with('/') {
+        anyhow::bail!("--prefix {prefix:?} must start with '/'");
+    }
+    let engines = args.engines.trim_end_matches('/').to_string();
+    let open_dir = dir.clone();
+    let library = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&open_dir)?;
+        rag::Library::open(&open_dir, rag::LibraryOptions::default()).map_err(anyhow::Error::from)
+    })
+    .await
+    .context("the opening thread panicked")?
+    .with_context(|| format!("cannot open the collections in {}", dir.display()))?;
+    let embed = rag::OpenAiEmbeddings::new(engines.clone(), args.embed_model.clone());
+    let mut options = rag::http::RagHttpOptions::new(Arc::new(embed));
+    options.prefix = prefix.clone();
+    options.chat = Some(rag::OpenAiChat::new(
+        engines.clone(),
+        args.chat_model.clone(),
+    ));
+    options.context_tokens = args.context_tokens as usize;
+    println!(
+        "rag engine: collections in {}, routes under {}/v1, embeddings from {engines} ({}), answers from {engines} ({})",
+        dir.display(),
+        if prefix.is_empty() { "" } else { &prefix },
+        args.embed_model,
+        args.chat_model
+    );
+    serve(address, rag::http::router(library, options)).await
 }
 
 async fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {

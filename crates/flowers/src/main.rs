@@ -8,6 +8,7 @@ mod deploy;
 mod engine;
 mod models;
 mod python_sdk;
+mod rag_cli;
 mod routes;
 mod table;
 mod up;
@@ -121,6 +122,8 @@ enum Command {
     /// Benchmarks that start a Flowers of their own.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Collections, ingest, search and cited answers of the RAG service (through the gateway).
+    Rag(rag_cli::RagArgs),
     /// Run a built-in model engine (Flowers starts these as services; see `engine embed --help`).
     #[command(subcommand)]
     Engine(engine::EngineCommand),
@@ -181,6 +184,7 @@ fn main() -> ExitCode {
                 bench::availability(args, cli.json).await
             }
             Command::Engine(command) => engine::run(command).await,
+            Command::Rag(args) => rag_cli::run(args, cli.json).await,
             Command::Openapi => {
                 println!("{}", api::openapi_json());
                 Ok(ExitCode::SUCCESS)
