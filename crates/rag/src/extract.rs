@@ -126,7 +126,6 @@ pub fn detect_kind(name: &str, bytes: &[u8]) -> Result<Kind, ExtractError> {
     let file_name = name.rsplit(['/', '\\']).next().unwrap_or(name);
     let extension = file_name
         .rsplit_once('.')
-        .map(|(stem, extension)| (stem, extension))
         .filter(|(stem, _)| !stem.is_empty())
         .map(|(_, extension)| extension.to_string());
     if let Some(kind) = extension.as_deref().and_then(Kind::from_extension) {

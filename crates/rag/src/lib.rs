@@ -13,6 +13,7 @@ mod chat;
 mod chunk;
 mod embed;
 mod error;
+pub mod eval;
 pub mod extract;
 pub mod http;
 mod index;

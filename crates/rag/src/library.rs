@@ -1008,6 +1008,9 @@ fn walk(root: &Path) -> Walked {
     walked
 }
 
+/// One document's vectors: its id and (chunk id, vector) rows.
+type DocumentVectors = (i64, Vec<(i64, Vec<f32>)>);
+
 impl Inner {
     fn collection(&self, name: &str) -> Result<CollectionRow> {
         let db = lock(&self.reader);
@@ -1404,7 +1407,7 @@ impl Inner {
                  WHERE d.collection_id = ?1 AND d.committed = 1 ORDER BY c.document_id, c.ordinal",
             )?;
             let mut rows = statement.query([collection.id])?;
-            let mut current: Option<(i64, Vec<(i64, Vec<f32>)>)> = None;
+            let mut current: Option<DocumentVectors> = None;
             while let Some(row) = rows.next()? {
                 let doc_id: i64 = row.get(0)?;
                 let chunk_id: i64 = row.get(1)?;

@@ -117,7 +117,7 @@ pub(crate) fn to_bytes(vector: &[f32]) -> Vec<u8> {
 }
 
 pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Vec<f32>> {
-    (bytes.len() % 4 == 0).then(|| {
+    bytes.len().is_multiple_of(4).then(|| {
         bytes
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))

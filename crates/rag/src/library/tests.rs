@@ -533,6 +533,7 @@ async fn folders_are_walked_synced_and_reported() {
     );
     let last_progress = events
         .iter()
+        .rev()
         .filter_map(|e| match e {
             IngestEvent::Progress {
                 files_done,
@@ -542,7 +543,7 @@ async fn folders_are_walked_synced_and_reported() {
             } => Some((*files_done, *files_total, *chunks)),
             _ => None,
         })
-        .last()
+        .next()
         .unwrap();
     assert_eq!(last_progress, (4, 4, report.chunks_added));
 

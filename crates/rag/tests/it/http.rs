@@ -612,6 +612,50 @@ async fn an_unreachable_or_missing_chat_engine_is_a_clear_error() {
     let got = server.post_json("/v1/chat/completions", streamed).await;
     assert_error(&got, StatusCode::BAD_GATEWAY, "upstream", "chat engine");
 
+    // An engine that refuses the request as the client's fault: its status and reason come
+    // back; one that answers garbage is a 502.
+    for (status, body, expect, needle) in [
+        (
+            400u16,
+            r#"{"code": "bad_request", "message": "temperature must be <= 2"}"#,
+            StatusCode::BAD_REQUEST,
+            "temperature must be <= 2",
+        ),
+        (
+            200,
+            "not json",
+            StatusCode::BAD_GATEWAY,
+            "not a chat completion",
+        ),
+        (
+            500,
+            "boom",
+            StatusCode::BAD_GATEWAY,
+            "500 Internal Server Error: boom",
+        ),
+    ] {
+        let app = Router::new().route(
+            "/v1/chat/completions",
+            post(move || async move { (StatusCode::from_u16(status).unwrap(), body) }),
+        );
+        let server = Server::start(
+            Some(OpenAiChat::new(serve(app).await, "m")),
+            HttpLimits::default(),
+        )
+        .await;
+        server
+            .post_json("/v1/collections", json!({"name": "docs"}))
+            .await;
+        let got = server
+            .post_json("/v1/chat/completions", body_for_docs())
+            .await;
+        assert_eq!(got.0, expect, "{got:?}");
+        assert!(
+            got.1["message"].as_str().unwrap().contains(needle),
+            "{got:?}"
+        );
+    }
+
     let without = Server::start(None, HttpLimits::default()).await;
     without
         .post_json("/v1/collections", json!({"name": "docs"}))
@@ -623,6 +667,10 @@ async fn an_unreachable_or_missing_chat_engine_is_a_clear_error() {
         "unavailable",
         "no chat engine",
     );
+}
+
+fn body_for_docs() -> Value {
+    json!({"model": "docs", "messages": [{"role": "user", "content": "hi"}]})
 }
 
 /// The official OpenAI Python client, unchanged, against the RAG route. It is not in

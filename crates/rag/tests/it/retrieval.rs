@@ -114,3 +114,51 @@ async fn the_http_embeddings_client_matches_the_real_engine_in_process() {
     );
     let _keep: Arc<MiniLm> = model;
 }
+
+/// STAND-IN embeddings servers that answer wrongly: the client must say what is wrong.
+#[tokio::test]
+async fn broken_embedding_answers_are_clear_errors() {
+    use axum::routing::post;
+    use serde_json::json;
+    let cases = [
+        ("not json", "not an embeddings response"),
+        (
+            r#"{"data": [{"index": 0, "embedding": [1.0]}]}"#,
+            "no vector for input 1",
+        ),
+        (
+            r#"{"data": [{"index": 7, "embedding": [1.0]}]}"#,
+            "answered index 7 for 2 inputs",
+        ),
+    ];
+    for (body, needle) in cases {
+        let app = axum::Router::new().route("/v1/embeddings", post(move || async move { body }));
+        let client = OpenAiEmbeddings::new(serve(app).await, "m");
+        let error = client
+            .embed(vec!["a".into(), "b".into()])
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains(needle), "{needle}: {error}");
+    }
+    // Vectors of different lengths are refused by the library before anything is written.
+    let app = axum::Router::new().route(
+        "/v1/embeddings",
+        post(|| async {
+            axum::Json(json!({"data": [{"index": 0, "embedding": [1.0, 0.0]}, {"index": 1, "embedding": [1.0]}]}))
+        }),
+    );
+    let client = OpenAiEmbeddings::new(serve(app).await, "m");
+    let dir = tempfile::tempdir().unwrap();
+    let library = Library::open(dir.path(), LibraryOptions::default()).unwrap();
+    library.create_collection("docs").await.unwrap();
+    let text = "# A\n\none\n\n# B\n\ntwo\n";
+    let error = library
+        .ingest_bytes("docs", "a.md", text.as_bytes().to_vec(), &client)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("different lengths"), "{error}");
+    assert!(library.list_documents("docs").await.unwrap().is_empty());
+    assert!(library.list_collections().await.unwrap()[0]
+        .embedding_model
+        .is_none());
+}
