@@ -320,11 +320,19 @@ impl Embedder {
         if texts.is_empty() {
             return Err(Error::EmptyInput);
         }
-        let mut vectors = Vec::with_capacity(texts.len());
+        // A batch is padded to its longest text, and attention costs the square of that: batch
+        // texts of similar length together (longest first, as sentence-transformers does),
+        // then put the vectors back in the caller's order.
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(texts[i].chars().count()));
+        let mut vectors = vec![Vec::new(); texts.len()];
         let mut tokens = 0;
-        for batch in texts.chunks(self.max_batch_size) {
-            let (batch_vectors, batch_tokens) = self.embed_batch(batch)?;
-            vectors.extend(batch_vectors);
+        for indices in order.chunks(self.max_batch_size) {
+            let batch: Vec<&str> = indices.iter().map(|&i| texts[i]).collect();
+            let (batch_vectors, batch_tokens) = self.embed_batch(&batch)?;
+            for (&i, vector) in indices.iter().zip(batch_vectors) {
+                vectors[i] = vector;
+            }
             tokens += batch_tokens;
         }
         Ok(Embeddings { vectors, tokens })
