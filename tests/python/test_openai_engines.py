@@ -68,6 +68,17 @@ def flowers(tmp_path_factory):
          "--cpu-slots", "2", *imports],
         cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
     control = f"http://127.0.0.1:{api}"
+    try:
+        services = wait_until_ready(process, control, home)
+        yield {"control": control, "base": f"http://127.0.0.1:{gateway}",
+               "services": {s["name"] for s in services}, "home": home}
+    finally:
+        # Whatever failed (startup included), no Flowers is left running after the tests.
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def wait_until_ready(process, control, home):
     deadline = time.monotonic() + 120
     services = []
     while time.monotonic() < deadline:
@@ -75,18 +86,12 @@ def flowers(tmp_path_factory):
         try:
             services = get_json(f"{control}/v1/services")
             if services and all(s["ready_replicas"] >= 1 for s in services):
-                break
+                return services
         except OSError:
             pass
         time.sleep(0.2)
-    else:
-        process.terminate()
-        pytest.fail(f"the default services did not all get ready: {services}\n"
-                    + (home / "flowers.log").read_text())
-    yield {"control": control, "base": f"http://127.0.0.1:{gateway}",
-           "services": {s["name"] for s in services}, "home": home}
-    process.terminate()
-    process.wait(timeout=60)
+    pytest.fail(f"the default services did not all get ready: {services}\n"
+                + (home / "flowers.log").read_text())
 
 
 def cosine(a, b):
