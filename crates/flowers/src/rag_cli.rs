@@ -57,7 +57,7 @@ pub enum RagAction {
         /// How many chunks (1..=100).
         #[arg(short, default_value_t = 5)]
         k: usize,
-        /// hybrid (BM25 and dense, fused), bm25 or dense.
+        /// hybrid (BM25 and dense, fused by score), hybrid_rrf (fused by rank), bm25 or dense.
         #[arg(long, default_value = "hybrid")]
         mode: String,
     },

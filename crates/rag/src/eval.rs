@@ -198,11 +198,7 @@ pub fn format_table(scores: &[ModeScores]) -> String {
         "| questions | mode | n | recall@5 | nDCG@10 | p50 ms | max ms |\n|---|---|---:|---:|---:|---:|---:|\n",
     );
     for s in scores {
-        let mode = match s.mode {
-            Mode::Hybrid => "hybrid",
-            Mode::Bm25 => "bm25",
-            Mode::Dense => "dense",
-        };
+        let mode = s.mode.as_str();
         table.push_str(&format!(
             "| {} | {mode} | {} | {:.3} | {:.3} | {:.1} | {:.1} |\n",
             s.subset, s.questions, s.recall_at_5, s.ndcg_at_10, s.latency_p50_ms, s.latency_max_ms

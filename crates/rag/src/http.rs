@@ -485,7 +485,7 @@ async fn search(
     let request: SearchBody = parse_json(
         body,
         served.options.limits.max_json_bytes,
-        "{\"collection\": \"docs\", \"query\": \"...\", \"k\": 10, \"mode\": \"hybrid\"|\"bm25\"|\"dense\", \
+        "{\"collection\": \"docs\", \"query\": \"...\", \"k\": 10, \"mode\": \"hybrid\"|\"hybrid_rrf\"|\"bm25\"|\"dense\", \
          \"filters\": {\"source_prefix\", \"kind\", \"document_ids\"}}",
     )?;
     let request = SearchRequest {

@@ -1,6 +1,6 @@
 //! Retrieval-augmented generation for Flowers (journey J6): collections of documents ingested
-//! from uploads or folders, searched with BM25 (tantivy) and dense vectors fused by reciprocal
-//! rank fusion, and answered through an OpenAI-compatible `/v1/chat/completions` that cites
+//! from uploads or folders, searched with BM25 (tantivy) and dense vectors fused by their
+//! normalised scores (or by reciprocal rank), and answered through an OpenAI-compatible `/v1/chat/completions` that cites
 //! its sources.
 //!
 //! This crate owns the library on disk (`DIR/rag.sqlite`, `DIR/index/`), extraction, chunking,
@@ -32,5 +32,6 @@ pub use library::{
     IngestOutcome, IngestStatus, Library, LibraryOptions, Origin,
 };
 pub use search::{
-    reciprocal_rank_fusion, Filters, Hit, Location, Mode, SearchRequest, MAX_K, RRF_K,
+    reciprocal_rank_fusion, relative_score_fusion, Filters, Hit, Location, Mode, SearchRequest,
+    DENSE_WEIGHT, FUSION_WINDOW, MAX_K, RRF_K,
 };

@@ -25,7 +25,10 @@ use crate::chunk::{chunk, Chunk, ChunkOptions};
 use crate::embed::{normalise, Embed};
 use crate::extract::{extract, ExtractError, ExtractOptions, Kind};
 use crate::index::{IndexedChunk, TextIndex};
-use crate::search::{reciprocal_rank_fusion, Filters, Hit, Location, Mode, SearchRequest, MAX_K};
+use crate::search::{
+    reciprocal_rank_fusion, relative_score_fusion, Filters, Hit, Location, Mode, SearchRequest,
+    MAX_K,
+};
 use crate::vectors::{from_bytes, to_bytes, VectorSet};
 use crate::{schema, Error, Result};
 
@@ -839,7 +842,7 @@ impl Library {
             })
             .await?;
 
-        let wants_dense = matches!(request.mode, Mode::Dense | Mode::Hybrid);
+        let wants_dense = request.mode.wants_dense();
         let query_vector = match (wants_dense, &collection.model, collection.dimension) {
             (false, _, _) | (true, None, _) | (true, _, None) => None,
             (true, Some(recorded), Some(dimension)) => {
@@ -884,7 +887,7 @@ impl Library {
             // Fetched deeper than needed: entries of documents being ingested or just
             // replaced are dropped below.
             let slack = 20;
-            let bm25 = if mode == Mode::Dense {
+            let bm25 = if !mode.wants_bm25() {
                 Vec::new()
             } else {
                 inner
@@ -923,7 +926,8 @@ impl Library {
             let ranked: Vec<(i64, f32)> = match mode {
                 Mode::Bm25 => bm25,
                 Mode::Dense => dense,
-                Mode::Hybrid => {
+                Mode::Hybrid => relative_score_fusion(&bm25, &dense),
+                Mode::HybridRrf => {
                     let bm25_ids: Vec<i64> = bm25.iter().map(|(c, _)| *c).collect();
                     let dense_ids: Vec<i64> = dense.iter().map(|(c, _)| *c).collect();
                     reciprocal_rank_fusion(&[&bm25_ids, &dense_ids])

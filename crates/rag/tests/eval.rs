@@ -2,13 +2,13 @@
 //! with the real all-MiniLM-L6-v2: recall@5 and nDCG@10 for BM25, dense and hybrid, over all
 //! questions and per kind. The table (and ingest speed) is printed; run with `--nocapture`.
 //!
-//! What is asserted, and why it is not "hybrid beats both everywhere": on this set every mode
-//! finds every keyword and natural question's target in the top 5, and the paraphrase third is
-//! written to defeat BM25 (0.59 recall@5 against dense's 0.94). Fusion can only tie on the
-//! first two kinds, and RRF's equal vote for BM25 costs it against dense on paraphrases (see
-//! docs/plans/rag.md, "Measured"). So: hybrid must match the better mode (within 0.01) on
-//! keyword and natural questions, and beat BM25 (within 0.01) everywhere; its distance to dense
-//! over all questions is printed and recorded, not asserted.
+//! What is asserted: hybrid (relative score fusion) is not worse than BM25 or dense over all
+//! questions, on both measures, and not worse than BM25 on any kind of question. The
+//! paraphrase third is written to defeat BM25 (0.61 recall@5 against dense's 0.94); there
+//! hybrid keeps dense's recall but may rank a BM25 favourite above the target, so its
+//! paraphrase nDCG against dense is printed and recorded (docs/plans/rag.md), not asserted.
+//! hybrid_rrf (reciprocal rank fusion) is scored alongside for the record: it loses to dense
+//! overall on this set, which is why it is not the default.
 
 #[path = "it/common.rs"]
 mod common;
@@ -22,7 +22,7 @@ use rag::{Library, LibraryOptions, Mode};
 use common::MiniLm;
 
 #[tokio::test]
-async fn hybrid_matches_the_best_mode_where_both_work_and_always_beats_bm25() {
+async fn hybrid_is_not_worse_than_bm25_or_dense_alone() {
     let set = Path::new(env!("CARGO_MANIFEST_DIR")).join("eval");
     let questions = load_questions(&set.join("questions.jsonl")).unwrap();
     assert!(questions.len() >= 50, "{} questions", questions.len());
@@ -68,7 +68,7 @@ async fn hybrid_matches_the_best_mode_where_both_work_and_always_beats_bm25() {
         "eval",
         &questions,
         embed.as_ref(),
-        &[Mode::Bm25, Mode::Dense, Mode::Hybrid],
+        &[Mode::Bm25, Mode::Dense, Mode::Hybrid, Mode::HybridRrf],
     )
     .await
     .unwrap();
@@ -80,21 +80,20 @@ async fn hybrid_matches_the_best_mode_where_both_work_and_always_beats_bm25() {
             .find(|s| s.subset == subset && s.mode == mode)
             .unwrap_or_else(|| panic!("no {subset} {mode:?} row in\n{table}"))
     };
+    // Not worse, to the third decimal the table prints.
     let at_least = |subset: &str, than: Mode| {
         let hybrid = get(subset, Mode::Hybrid);
         let other = get(subset, than);
         assert!(
-            hybrid.recall_at_5 >= other.recall_at_5 - 0.01
-                && hybrid.ndcg_at_10 >= other.ndcg_at_10 - 0.01,
+            hybrid.recall_at_5 >= other.recall_at_5 - 0.0005
+                && hybrid.ndcg_at_10 >= other.ndcg_at_10 - 0.0005,
             "{subset}: hybrid below {than:?}\n{table}"
         );
     };
     for subset in ["all", "keyword", "natural", "paraphrase"] {
         at_least(subset, Mode::Bm25);
     }
-    for subset in ["keyword", "natural"] {
-        at_least(subset, Mode::Dense);
-    }
-    // A floor only a working pipeline reaches (measured 0.944; a random ranking is near 0.1).
-    assert!(get("all", Mode::Hybrid).recall_at_5 > 0.85, "{table}");
+    at_least("all", Mode::Dense);
+    // A floor only a working pipeline reaches (measured 0.979; a random ranking is near 0.1).
+    assert!(get("all", Mode::Hybrid).recall_at_5 > 0.9, "{table}");
 }

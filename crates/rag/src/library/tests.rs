@@ -311,7 +311,7 @@ async fn search_validates_its_request_and_applies_filters() {
         )
         .await
         .unwrap();
-    for mode in [Mode::Bm25, Mode::Dense, Mode::Hybrid] {
+    for mode in [Mode::Bm25, Mode::Dense, Mode::Hybrid, Mode::HybridRrf] {
         let hits = library
             .search(&search_request("docs", "pump", mode), Some(&embed))
             .await
@@ -321,7 +321,9 @@ async fn search_validates_its_request_and_applies_filters() {
             match mode {
                 Mode::Bm25 => assert!(hit.bm25_rank.is_some() && hit.dense_rank.is_none()),
                 Mode::Dense => assert!(hit.dense_rank.is_some() && hit.bm25_rank.is_none()),
-                Mode::Hybrid => assert!(hit.bm25_rank.is_some() && hit.dense_rank.is_some()),
+                Mode::Hybrid | Mode::HybridRrf => {
+                    assert!(hit.bm25_rank.is_some() && hit.dense_rank.is_some())
+                }
             }
         }
     }

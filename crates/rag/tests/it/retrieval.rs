@@ -75,11 +75,14 @@ async fn dense_search_finds_a_paraphrase_that_bm25_misses_and_hybrid_keeps_both(
         (hybrid[0].bm25_rank, hybrid[0].dense_rank),
         (Some(1), Some(1))
     );
-    assert!(
-        (hybrid[0].score - 2.0 / 61.0).abs() < 1e-6,
-        "{}",
-        hybrid[0].score
-    );
+    // First in both lists: 1 from each normalised list, weighted 0.75 + 0.25.
+    assert!((hybrid[0].score - 1.0).abs() < 1e-6, "{}", hybrid[0].score);
+    let rrf = library
+        .search(&request("motor oil", Mode::HybridRrf), Some(embed.as_ref()))
+        .await
+        .unwrap();
+    assert_eq!(rrf[0].document, "cars.md");
+    assert!((rrf[0].score - 2.0 / 61.0).abs() < 1e-6, "{}", rrf[0].score);
 }
 
 #[tokio::test]
