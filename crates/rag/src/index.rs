@@ -60,6 +60,13 @@ pub(crate) struct IndexedChunk<'a> {
     pub body: &'a str,
 }
 
+/// One document's chunks, as the index sees them.
+pub(crate) struct IndexedDocument<'a> {
+    pub doc_id: i64,
+    pub kind: &'a str,
+    pub chunks: Vec<IndexedChunk<'a>>,
+}
+
 pub(crate) struct TextIndex {
     index: tantivy::Index,
     reader: IndexReader,
@@ -111,25 +118,26 @@ impl TextIndex {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds one document's chunks and commits.
-    pub(crate) fn add_document(
+    /// Adds documents' chunks and commits once: a commit (a new segment, fsynced) costs far more
+    /// than the additions, so a folder ingest hands over its documents in batches.
+    pub(crate) fn add_documents(
         &self,
         collection_id: i64,
-        doc_id: i64,
-        kind: &str,
-        chunks: &[IndexedChunk<'_>],
+        documents: &[IndexedDocument<'_>],
     ) -> Result<()> {
         let mut writer = self.writer();
         let f = self.fields;
         let collection = collection_id.to_string();
-        for chunk in chunks {
-            writer.add_document(doc!(
-                f.chunk_id => chunk.chunk_id as u64,
-                f.doc_id => doc_id as u64,
-                f.collection => collection.as_str(),
-                f.kind => kind,
-                f.body => chunk.body,
-            ))?;
+        for document in documents {
+            for chunk in &document.chunks {
+                writer.add_document(doc!(
+                    f.chunk_id => chunk.chunk_id as u64,
+                    f.doc_id => document.doc_id as u64,
+                    f.collection => collection.as_str(),
+                    f.kind => document.kind,
+                    f.body => chunk.body,
+                ))?;
+            }
         }
         writer.commit()?;
         drop(writer);

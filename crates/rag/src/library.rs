@@ -8,6 +8,9 @@
 //! `committed = 1`; last, the replaced version's index entries are deleted. A `kill -9` at any
 //! point leaves either the old version or the new one visible, whole. [`Library::open`] repairs
 //! what a crash left: uncommitted rows, and index entries of documents that are not committed.
+//! A folder ingest does the same for a batch of documents at a time (one index commit, one
+//! visibility transaction): a batch is visible whole or not at all, and a file is reported done
+//! only once its batch is.
 //!
 //! **One writer.** Ingests and deletions are serialised by an async mutex (tantivy has one
 //! writer, and "unchanged, replaced or new" must not race); searches run concurrently.
@@ -15,7 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -24,7 +27,7 @@ use sha2::{Digest, Sha256};
 use crate::chunk::{chunk, Chunk, ChunkOptions};
 use crate::embed::{normalise, Embed};
 use crate::extract::{extract, ExtractError, ExtractOptions, Kind};
-use crate::index::{IndexedChunk, TextIndex};
+use crate::index::{IndexedChunk, IndexedDocument, TextIndex};
 use crate::search::{
     reciprocal_rank_fusion, relative_score_fusion, Filters, Hit, Location, Mode, SearchRequest,
     MAX_K,
@@ -39,6 +42,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// k asked for lets a chunk ranked modestly by both rankings rise above one ranked high by one.
 const MIN_CANDIDATES: usize = 50;
 
+/// A folder ingest's batch (see [`LibraryOptions::batch_chunks`]) is committed at the latest
+/// this long after its first file was finished, so progress keeps flowing when embedding is
+/// slow.
+const BATCH_AGE: Duration = Duration::from_secs(1);
+
 /// Knobs of a [`Library`].
 #[derive(Debug, Clone, Copy)]
 pub struct LibraryOptions {
@@ -47,6 +55,12 @@ pub struct LibraryOptions {
     /// Texts per request to the embedding engine (its own limit is larger; smaller batches
     /// keep one request's latency, and its memory, bounded).
     pub embed_batch_size: usize,
+    /// A folder ingest commits its documents in batches (one search-index commit each, see
+    /// `TextIndex::add_documents`, which costs far more than the additions): a batch is
+    /// committed once it holds this many chunks, or `batch_documents` documents, or a second
+    /// after its first file was finished. Every progress event reports a committed file.
+    pub batch_chunks: usize,
+    pub batch_documents: usize,
 }
 
 impl Default for LibraryOptions {
@@ -55,6 +69,8 @@ impl Default for LibraryOptions {
             extract: ExtractOptions::default(),
             chunk: ChunkOptions::default(),
             embed_batch_size: 32,
+            batch_chunks: 2000,
+            batch_documents: 200,
         }
     }
 }
@@ -222,6 +238,77 @@ struct Source {
     source: String,
     origin: Origin,
     folder_root: Option<String>,
+}
+
+/// What preparing one file found.
+enum Step {
+    /// Its digest matches the visible version: nothing to write.
+    Unchanged(IngestOutcome),
+    /// Extracted, chunked and embedded, to be committed (with others) into this collection.
+    Ready(CollectionRow, Pending),
+}
+
+/// A document waiting for its batch's commit.
+struct Pending {
+    source: Source,
+    prepared: Prepared,
+    /// The visible version it replaces.
+    replaces: Option<i64>,
+}
+
+/// A folder ingest's files finished since the last commit, in order, and the documents among
+/// them still to be committed.
+#[derive(Default)]
+struct Batch {
+    collection: Option<CollectionRow>,
+    pending: Vec<Pending>,
+    chunks: usize,
+    finished: Vec<Finished>,
+    since: Option<Instant>,
+}
+
+/// One file of a batch, in walk order; a `Pending` one takes its outcome from the commit.
+enum Finished {
+    Done {
+        files_done: usize,
+        file: String,
+        outcome: Option<IngestOutcome>,
+    },
+    Failed {
+        files_done: usize,
+        file: String,
+        message: String,
+    },
+}
+
+impl Batch {
+    fn finish(&mut self, finished: Finished) {
+        self.since.get_or_insert_with(Instant::now);
+        self.finished.push(finished);
+    }
+
+    fn add(
+        &mut self,
+        collection: CollectionRow,
+        pending: Pending,
+        files_done: usize,
+        file: String,
+    ) {
+        self.chunks += pending.prepared.chunks.len();
+        self.collection = Some(collection);
+        self.pending.push(pending);
+        self.finish(Finished::Done {
+            files_done,
+            file,
+            outcome: None,
+        });
+    }
+
+    fn is_due(&self, options: &LibraryOptions) -> bool {
+        self.chunks >= options.batch_chunks
+            || self.pending.len() >= options.batch_documents
+            || self.since.is_some_and(|since| since.elapsed() >= BATCH_AGE)
+    }
 }
 
 /// A document ready to be written: extracted, chunked and embedded.
@@ -598,6 +685,8 @@ impl Library {
         }
 
         let mut seen: HashSet<String> = HashSet::new();
+        let mut batch = Batch::default();
+        let model = embed.model().to_string();
         for (done, path) in walked.files.iter().enumerate() {
             let file = path.to_string_lossy().into_owned();
             seen.insert(file.clone());
@@ -607,44 +696,42 @@ impl Library {
                 folder_root: Some(root_text.clone()),
             };
             let result = match self.read_file(path).await {
-                Ok(bytes) => self.ingest_locked(collection, source, bytes, embed).await,
+                Ok(bytes) => self.prepare(collection, source, bytes, embed).await,
                 Err(error) => Err(error),
             };
+            let files_done = done + 1;
             match result {
-                Ok(outcome) => {
-                    match outcome.status {
-                        IngestStatus::Added => report.added += 1,
-                        IngestStatus::Replaced => report.replaced += 1,
-                        IngestStatus::Unchanged => report.unchanged += 1,
-                    }
-                    if outcome.status != IngestStatus::Unchanged {
-                        report.chunks_added += outcome.chunks;
-                    }
-                    progress(IngestEvent::Progress {
-                        files_done: done + 1,
-                        files_total: report.files_total,
-                        chunks: report.chunks_added,
-                        file,
-                        status: outcome.status,
-                    });
+                Ok(Step::Unchanged(outcome)) => batch.finish(Finished::Done {
+                    files_done,
+                    file,
+                    outcome: Some(outcome),
+                }),
+                Ok(Step::Ready(collection, pending)) => {
+                    batch.add(collection, pending, files_done, file)
                 }
-                Err(error) if error.is_per_document() => {
-                    report.failed += 1;
-                    let message = error.to_string();
-                    report.errors.push(FileError {
-                        file: file.clone(),
-                        message: message.clone(),
-                    });
-                    progress(IngestEvent::FileError {
-                        files_done: done + 1,
-                        files_total: report.files_total,
-                        file,
-                        message,
-                    });
+                Err(error) if error.is_per_document() => batch.finish(Finished::Failed {
+                    files_done,
+                    file,
+                    message: error.to_string(),
+                }),
+                Err(error) => {
+                    // Keep the files finished before it, as a one-by-one ingest would have.
+                    if let Err(commit_error) = self
+                        .commit_batch(&mut batch, &model, &mut report, &mut progress)
+                        .await
+                    {
+                        tracing::warn!(error = %commit_error, "committing the files finished before a failure failed too");
+                    }
+                    return Err(error);
                 }
-                Err(error) => return Err(error),
+            }
+            if batch.is_due(&self.inner.options) {
+                self.commit_batch(&mut batch, &model, &mut report, &mut progress)
+                    .await?;
             }
         }
+        self.commit_batch(&mut batch, &model, &mut report, &mut progress)
+            .await?;
 
         let name = collection.to_string();
         let unreadable = walked.unreadable_dirs.clone();
@@ -686,6 +773,93 @@ impl Library {
         bytes: Vec<u8>,
         embed: &dyn Embed,
     ) -> Result<IngestOutcome> {
+        let (collection, pending) = match self.prepare(collection, source, bytes, embed).await? {
+            Step::Unchanged(outcome) => return Ok(outcome),
+            Step::Ready(collection, pending) => (collection, pending),
+        };
+        let model = embed.model().to_string();
+        self.blocking(move |inner| inner.commit_documents(&collection, vec![pending], &model))
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Corrupt("a commit of one document reported none".to_string()))
+    }
+
+    /// Commits a folder ingest's batch and reports its files, in order.
+    async fn commit_batch(
+        &self,
+        batch: &mut Batch,
+        model: &str,
+        report: &mut FolderReport,
+        progress: &mut (impl FnMut(IngestEvent) + Send),
+    ) -> Result<()> {
+        let batch = std::mem::take(batch);
+        let mut outcomes = match batch.collection {
+            Some(collection) if !batch.pending.is_empty() => {
+                let model = model.to_string();
+                let pending = batch.pending;
+                self.blocking(move |inner| inner.commit_documents(&collection, pending, &model))
+                    .await?
+            }
+            _ => Vec::new(),
+        }
+        .into_iter();
+        for finished in batch.finished {
+            match finished {
+                Finished::Done {
+                    files_done,
+                    file,
+                    outcome,
+                } => {
+                    let outcome = outcome.or_else(|| outcomes.next()).ok_or_else(|| {
+                        Error::Corrupt("a batch commit reported fewer documents".to_string())
+                    })?;
+                    match outcome.status {
+                        IngestStatus::Added => report.added += 1,
+                        IngestStatus::Replaced => report.replaced += 1,
+                        IngestStatus::Unchanged => report.unchanged += 1,
+                    }
+                    if outcome.status != IngestStatus::Unchanged {
+                        report.chunks_added += outcome.chunks;
+                    }
+                    progress(IngestEvent::Progress {
+                        files_done,
+                        files_total: report.files_total,
+                        chunks: report.chunks_added,
+                        file,
+                        status: outcome.status,
+                    });
+                }
+                Finished::Failed {
+                    files_done,
+                    file,
+                    message,
+                } => {
+                    report.failed += 1;
+                    report.errors.push(FileError {
+                        file: file.clone(),
+                        message: message.clone(),
+                    });
+                    progress(IngestEvent::FileError {
+                        files_done,
+                        files_total: report.files_total,
+                        file,
+                        message,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads, cuts and embeds one document (writing nothing but, for an unchanged one, its
+    /// origin), with the writer's turn held by the caller.
+    async fn prepare(
+        &self,
+        collection: &str,
+        source: Source,
+        bytes: Vec<u8>,
+        embed: &dyn Embed,
+    ) -> Result<Step> {
         let name = collection.to_string();
         let model = embed.model().to_string();
         let source_name = source.source.clone();
@@ -712,7 +886,7 @@ impl Library {
                 if let Some((id, old_digest, chunks, title)) = &visible {
                     if *old_digest == digest {
                         inner.record_origin(*id, origin, folder_root.as_deref())?;
-                        return Ok(Err(IngestOutcome {
+                        return Ok(Step::Unchanged(IngestOutcome {
                             document_id: *id,
                             source: source_name,
                             title: title.clone(),
@@ -735,37 +909,34 @@ impl Library {
                         error: ExtractError::Empty,
                     });
                 }
-                Ok(Ok((
+                Ok(Step::Ready(
                     collection,
-                    visible.map(|(id, ..)| id),
-                    Prepared {
-                        title: extracted.title,
-                        kind: extracted.kind,
-                        digest,
-                        size_bytes: bytes.len() as u64,
-                        chunks,
-                        vectors: Vec::new(),
+                    Pending {
+                        source,
+                        replaces: visible.map(|(id, ..)| id),
+                        prepared: Prepared {
+                            title: extracted.title,
+                            kind: extracted.kind,
+                            digest,
+                            size_bytes: bytes.len() as u64,
+                            chunks,
+                            vectors: Vec::new(),
+                        },
                     },
-                )))
+                ))
             })
             .await?;
-        let (collection, replaces, mut prepared) = match step {
-            Ok(prepared) => prepared,
-            Err(unchanged) => return Ok(unchanged),
+        let Step::Ready(collection, mut pending) = step else {
+            return Ok(step);
         };
-
+        let prepared = &mut pending.prepared;
         let texts: Vec<String> = prepared
             .chunks
             .iter()
             .map(|chunk| retrieval_text(&prepared.title, chunk))
             .collect();
         prepared.vectors = self.embed_all(&collection, embed, texts).await?;
-
-        let model = embed.model().to_string();
-        self.blocking(move |inner| {
-            inner.commit_document(&collection, &source, prepared, replaces, &model)
-        })
-        .await
+        Ok(Step::Ready(collection, pending))
     }
 
     /// Embeds in batches, normalising, and checks one dimension throughout (and the
@@ -1089,64 +1260,107 @@ impl Inner {
         Ok(())
     }
 
-    /// Steps 2–4 of an ingest (see the module's doc): write hidden, index, make visible.
-    fn commit_document(
+    /// Writes documents hidden, adds them to the search index with one commit, then makes them
+    /// all visible (replacing their old versions) in one transaction: after a crash either the
+    /// whole batch is visible or none of it. Outcomes come in the order of `batch`.
+    fn commit_documents(
         &self,
         collection: &CollectionRow,
-        source: &Source,
-        prepared: Prepared,
-        replaces: Option<i64>,
+        batch: Vec<Pending>,
         model: &str,
-    ) -> Result<IngestOutcome> {
-        let (doc_id, chunk_ids) = self.insert_hidden(collection, source, &prepared, model)?;
-        let bodies: Vec<String> = prepared
-            .chunks
+    ) -> Result<Vec<IngestOutcome>> {
+        let mut hidden: Vec<(i64, Vec<i64>)> = Vec::with_capacity(batch.len());
+        let discard = |hidden: &[(i64, Vec<i64>)]| -> Result<()> {
+            let db = lock(&self.db);
+            for (doc_id, _) in hidden {
+                db.execute("DELETE FROM documents WHERE id = ?1", [doc_id])?;
+            }
+            Ok(())
+        };
+        for pending in &batch {
+            match self.insert_hidden(collection, &pending.source, &pending.prepared, model) {
+                Ok(ids) => hidden.push(ids),
+                Err(error) => {
+                    discard(&hidden)?;
+                    return Err(error);
+                }
+            }
+        }
+        let bodies: Vec<Vec<String>> = batch
             .iter()
-            .map(|chunk| retrieval_text(&prepared.title, chunk))
+            .map(|pending| {
+                let prepared = &pending.prepared;
+                prepared
+                    .chunks
+                    .iter()
+                    .map(|chunk| retrieval_text(&prepared.title, chunk))
+                    .collect()
+            })
             .collect();
-        let indexed: Vec<IndexedChunk<'_>> = chunk_ids
+        let indexed: Vec<IndexedDocument<'_>> = batch
             .iter()
+            .zip(&hidden)
             .zip(&bodies)
-            .map(|(&chunk_id, body)| IndexedChunk { chunk_id, body })
+            .map(|((pending, (doc_id, chunk_ids)), bodies)| IndexedDocument {
+                doc_id: *doc_id,
+                kind: pending.prepared.kind.as_str(),
+                chunks: chunk_ids
+                    .iter()
+                    .zip(bodies)
+                    .map(|(&chunk_id, body)| IndexedChunk { chunk_id, body })
+                    .collect(),
+            })
             .collect();
-        if let Err(error) =
-            self.index
-                .add_document(collection.id, doc_id, prepared.kind.as_str(), &indexed)
-        {
+        if let Err(error) = self.index.add_documents(collection.id, &indexed) {
             // Leave nothing half-written: the hidden rows go; the index's uncommitted
             // additions are dropped (a committed-but-failed reload is repaired at open).
             if let Err(rollback) = self.index.rollback() {
                 tracing::warn!(error = %rollback, "rolling back the search index failed");
             }
-            lock(&self.db).execute("DELETE FROM documents WHERE id = ?1", [doc_id])?;
+            discard(&hidden)?;
             return Err(error);
         }
-        self.make_visible(doc_id, replaces)?;
-        let rows: Vec<(i64, Vec<f32>)> = chunk_ids.into_iter().zip(prepared.vectors).collect();
+        drop(indexed);
+        let visible: Vec<(i64, Option<i64>)> = hidden
+            .iter()
+            .zip(&batch)
+            .map(|((doc_id, _), pending)| (*doc_id, pending.replaces))
+            .collect();
+        self.make_visible(&visible)?;
+        let replaced: Vec<i64> = batch.iter().filter_map(|p| p.replaces).collect();
+        let mut outcomes = Vec::with_capacity(batch.len());
         {
             let sets = lock(&self.vectors);
-            if let Some(set) = sets.get(&collection.id) {
-                let mut set = set.write().unwrap_or_else(|p| p.into_inner());
-                set.remove_documents(replaces.as_slice());
-                set.add_document(doc_id, &rows);
+            let set = sets.get(&collection.id);
+            let mut set = set.map(|set| set.write().unwrap_or_else(|p| p.into_inner()));
+            if let Some(set) = set.as_mut() {
+                set.remove_documents(&replaced);
+            }
+            for (pending, (doc_id, chunk_ids)) in batch.into_iter().zip(hidden) {
+                let rows: Vec<(i64, Vec<f32>)> = chunk_ids
+                    .into_iter()
+                    .zip(pending.prepared.vectors)
+                    .collect();
+                if let Some(set) = set.as_mut() {
+                    set.add_document(doc_id, &rows);
+                }
+                outcomes.push(IngestOutcome {
+                    document_id: doc_id,
+                    source: pending.source.source,
+                    title: pending.prepared.title,
+                    status: if pending.replaces.is_some() {
+                        IngestStatus::Replaced
+                    } else {
+                        IngestStatus::Added
+                    },
+                    chunks: rows.len(),
+                });
             }
         }
-        if let Some(old) = replaces {
-            if let Err(error) = self.index.delete_documents(&[old]) {
-                tracing::warn!(%error, document = old, "deleting a replaced document's index entries failed; the next open removes them");
-            }
+        if let Err(error) = self.index.delete_documents(&replaced) {
+            tracing::warn!(%error, documents = ?replaced, "deleting replaced documents' index entries failed; the next open removes them");
         }
-        Ok(IngestOutcome {
-            document_id: doc_id,
-            source: source.source.clone(),
-            title: prepared.title,
-            status: if replaces.is_some() {
-                IngestStatus::Replaced
-            } else {
-                IngestStatus::Added
-            },
-            chunks: rows.len(),
-        })
+        Ok(outcomes)
     }
 
     /// One transaction: the document (`committed = 0`), its chunks and vectors, and the
@@ -1213,17 +1427,21 @@ impl Inner {
         Ok((doc_id, chunk_ids))
     }
 
-    /// One transaction: the replaced version goes, the new one becomes visible.
-    fn make_visible(&self, doc_id: i64, replaces: Option<i64>) -> Result<()> {
+    /// One transaction: the replaced versions go, the new ones become visible, each given as
+    /// (new id, id of the version it replaces).
+    fn make_visible(&self, documents: &[(i64, Option<i64>)]) -> Result<()> {
         let mut db = lock(&self.db);
         let tx = db.transaction()?;
-        if let Some(old) = replaces {
-            tx.execute("DELETE FROM documents WHERE id = ?1", [old])?;
+        let now = now_ms();
+        for (doc_id, replaces) in documents {
+            if let Some(old) = replaces {
+                tx.execute("DELETE FROM documents WHERE id = ?1", [old])?;
+            }
+            tx.execute(
+                "UPDATE documents SET committed = 1, committed_ms = ?2 WHERE id = ?1",
+                params![doc_id, now],
+            )?;
         }
-        tx.execute(
-            "UPDATE documents SET committed = 1, committed_ms = ?2 WHERE id = ?1",
-            params![doc_id, now_ms()],
-        )?;
         tx.commit()?;
         Ok(())
     }

@@ -432,20 +432,24 @@ async fn every_crash_window_of_an_ingest_is_repaired_at_open() {
                 .insert_hidden(&collection, &source, &prepared, &embed.name)
                 .unwrap();
             if window >= 1 {
-                let indexed: Vec<IndexedChunk<'_>> = chunk_ids
-                    .iter()
-                    .map(|&chunk_id| IndexedChunk {
-                        chunk_id,
-                        body: &prepared.chunks[0].text,
-                    })
-                    .collect();
+                let indexed = IndexedDocument {
+                    doc_id,
+                    kind: "text",
+                    chunks: chunk_ids
+                        .iter()
+                        .map(|&chunk_id| IndexedChunk {
+                            chunk_id,
+                            body: &prepared.chunks[0].text,
+                        })
+                        .collect(),
+                };
                 inner
                     .index
-                    .add_document(collection.id, doc_id, "text", &indexed)
+                    .add_documents(collection.id, &[indexed])
                     .unwrap();
             }
             if window >= 2 {
-                inner.make_visible(doc_id, Some(old)).unwrap();
+                inner.make_visible(&[(doc_id, Some(old))]).unwrap();
             }
             // Before a repair, the hidden document is invisible to search all the same.
             let visible = sources(&library, "docs", "banana").await;

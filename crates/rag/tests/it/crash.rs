@@ -32,13 +32,18 @@ fn crash_child() {
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let library = Library::open(Path::new(&library_dir), LibraryOptions::default()).unwrap();
+        // Batches of 3 documents, so that kills land between batches and inside one.
+        let options = LibraryOptions {
+            batch_documents: 3,
+            ..LibraryOptions::default()
+        };
+        let library = Library::open(Path::new(&library_dir), options).unwrap();
         let _ = library.create_collection("docs").await;
         library
             .ingest_folder("docs", Path::new(&folder), &StandInEmbedder, |event| {
                 if let IngestEvent::Progress { file, .. } = event {
-                    // Progress comes after the document is committed, so this line is a
-                    // promise the parent holds the library to after the kill.
+                    // Progress comes after the document's batch is committed, so this line
+                    // is a promise the parent holds the library to after the kill.
                     println!("{REPORT}{file}");
                 }
             })
