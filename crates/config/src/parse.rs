@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use domain::{
     ApiKeyDigest, ByteSize, JobSpec, MetricMode, ModelSpec, Name, ProbeSpec, PromotePolicy,
-    ResourceRequest, RestartPolicy, RestartSpec, RouteSpec, ServiceSpec,
+    ReplaceStrategy, ResourceRequest, RestartPolicy, RestartSpec, RouteSpec, ServiceSpec,
 };
 use toml_edit::{Item, TableLike, Value};
 
@@ -54,6 +54,7 @@ const SERVICE_KEYS: &[&str] = &[
     "api_keys",
     "probe",
     "restart",
+    "replace",
 ];
 const JOB_KEYS: &[&str] = &[
     "command",
@@ -392,6 +393,9 @@ impl Walker<'_> {
         let api_keys = self.api_keys(&section);
         let probe = self.probe(&section);
         let restart = self.restart(&section);
+        let replace = self
+            .read(&section, "replace", replace_strategy)
+            .unwrap_or_default();
         Some(ServiceSpec {
             name: name?,
             command: command?,
@@ -407,6 +411,7 @@ impl Walker<'_> {
             max_body,
             api_keys,
             model,
+            replace,
         })
     }
 
@@ -934,6 +939,17 @@ fn restart_policy(item: &Item) -> Result<RestartPolicy, String> {
         Some("never") => Ok(RestartPolicy::Never),
         _ => Err(format!(
             "expected \"always\", \"on-failure\" or \"never\", got {}",
+            got(item)
+        )),
+    }
+}
+
+fn replace_strategy(item: &Item) -> Result<ReplaceStrategy, String> {
+    match item.as_str() {
+        Some("surge") => Ok(ReplaceStrategy::Surge),
+        Some("stop-first") => Ok(ReplaceStrategy::StopFirst),
+        _ => Err(format!(
+            "expected \"surge\" (blue/green) or \"stop-first\", got {}",
             got(item)
         )),
     }

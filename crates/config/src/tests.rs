@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use domain::{ProbeSpec, ResourceRequest, RestartPolicy, RestartSpec, RouteSpec};
+use domain::{ProbeSpec, ReplaceStrategy, ResourceRequest, RestartPolicy, RestartSpec, RouteSpec};
 
 use super::*;
 
@@ -204,6 +204,11 @@ fn bad_durations_are_refused() {
         problem("[services.web]\ncommand = [\"app\"]\nstop_grace = \"ten\"\n"),
         "flowers.toml:3: services.web.stop_grace: expected a duration such as \"500ms\", \"2s\" \
          or \"1m\", got \"ten\""
+    );
+    assert_eq!(
+        problem("[services.web]\ncommand = [\"app\"]\nreplace = \"recreate\"\n"),
+        "flowers.toml:3: services.web.replace: expected \"surge\" (blue/green) or \"stop-first\", \
+         got \"recreate\""
     );
     assert_eq!(
         problem("[services.web]\ncommand = [\"app\"]\nstop_grace = 10\n"),
@@ -605,6 +610,7 @@ hold = "5s"
 max_body = "1MiB"
 api_keys = ["sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"]
 model = "m"
+replace = "stop-first"
 routes = [{ path = "/v1" }, { host = "Chat.LAN", path = "/" }, { host = "api.lan" }]
 
 [services.chat.probe]
@@ -723,6 +729,7 @@ fn full_example_loads_into_the_expected_specs() {
             },
         ],
         model: Some(name("m")),
+        replace: ReplaceStrategy::StopFirst,
     };
     assert_eq!(config.services[&name("chat")], chat);
 
@@ -732,6 +739,7 @@ fn full_example_loads_into_the_expected_specs() {
     assert_eq!(static_site.probe, ProbeSpec::default());
     assert_eq!(static_site.restart, RestartSpec::default());
     assert_eq!(static_site.stop_grace, Duration::from_secs(10));
+    assert_eq!(static_site.replace, ReplaceStrategy::Surge);
     assert_eq!(static_site.workdir, None);
     assert!(static_site.routes.is_empty() && static_site.env.is_empty());
 

@@ -22,7 +22,8 @@ pub use model::{MetricMode, Metrics, ModelSpec, PromotePolicy, VersionState};
 pub use name::{Name, NameError};
 pub use run::{ExitStatus, OwnerKind, Progress, RunId, RunOwner, RunState};
 pub use spec::{
-    JobSpec, ProbeSpec, ResourceRequest, RestartPolicy, RestartSpec, RouteSpec, ServiceSpec,
+    JobSpec, ProbeSpec, ReplaceStrategy, ResourceRequest, RestartPolicy, RestartSpec, RouteSpec,
+    ServiceSpec,
 };
 
 /// Milliseconds since the Unix epoch, the one clock every record in Flowers is stamped with.

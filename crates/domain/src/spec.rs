@@ -59,6 +59,27 @@ pub enum RestartPolicy {
     Never,
 }
 
+/// How a service's replicas are replaced when its spec changes or a new model version is
+/// promoted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplaceStrategy {
+    /// Blue/green: the new replica starts beside the old one, which is drained and stopped
+    /// once the new one is ready. No request waits; needs room for both at once.
+    #[default]
+    Surge,
+    /// The old replica is drained and stopped first, and the new one starts once it has
+    /// exited: for a service that cannot run twice at once (one writer of a database or an
+    /// index). Requests meanwhile wait on the gateway (up to `hold`).
+    StopFirst,
+}
+
+impl ReplaceStrategy {
+    pub fn is_surge(&self) -> bool {
+        *self == ReplaceStrategy::Surge
+    }
+}
+
 /// When and how fast a crashed Run is started again.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RestartSpec {
@@ -131,6 +152,9 @@ pub struct ServiceSpec {
     pub api_keys: Vec<ApiKeyDigest>,
     /// The Model whose promoted version this service serves.
     pub model: Option<Name>,
+    /// Absent in specs stored before it existed: blue/green.
+    #[serde(default, skip_serializing_if = "ReplaceStrategy::is_surge")]
+    pub replace: ReplaceStrategy,
 }
 
 /// A run-to-completion process: training, batch analysis.

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use domain::{
     now_ms, ByteSize, DeviceId, EventKind, ExitStatus, JobSpec, ModelSpec, Name, NewEvent,
-    OwnerKind, ProbeSpec, Progress, RestartPolicy, RunId, RunOwner, RunState, ServiceSpec,
-    VersionState,
+    OwnerKind, ProbeSpec, Progress, ReplaceStrategy, RestartPolicy, RunId, RunOwner, RunState,
+    ServiceSpec, VersionState,
 };
 use scheduler::{Allocation, Request, RequestClass, Snapshot};
 use store::{NewRun, OwnerState, RunFilter, RunRecord, RunUpdate, Store};
@@ -235,6 +235,7 @@ fn spec_hash<T: serde::Serialize>(spec: &T) -> String {
         object.remove("autostart");
         // Keys are the gateway's business: rotating one must not restart a model.
         object.remove("api_keys");
+        object.remove("replace");
     }
     let bytes = serde_json::to_vec(&value).unwrap_or_default();
     // FNV-1a: stable across Rust releases, unlike the standard library's hasher.
@@ -1199,7 +1200,13 @@ impl Engine {
                 if current || service.finished_slots.contains(&replica) {
                     continue;
                 }
-                if !slot.is_empty() {
+                if service.spec.replace == ReplaceStrategy::StopFirst {
+                    // The old replica must have exited, not merely be stopping: it may
+                    // hold what the new one needs (retire_outdated_replicas stops it).
+                    if !slot.is_empty() || self.slot_is_stopping(name, replica) {
+                        continue;
+                    }
+                } else if !slot.is_empty() {
                     if surging > 0 {
                         continue;
                     }
@@ -1371,8 +1378,20 @@ impl Engine {
             .collect()
     }
 
-    /// Replicas of a version that is no longer promoted: stopped (after draining) once their
-    /// slot has a ready replica of the promoted version, or at once if they never served.
+    /// Whether a replica of this slot is being stopped (draining, or waiting to exit).
+    fn slot_is_stopping(&self, service: &Name, replica: u32) -> bool {
+        self.runs.values().any(|live| {
+            live.stop.is_some()
+                && live.record.owner.kind == OwnerKind::Service
+                && &live.record.owner.name == service
+                && live.record.owner.replica == replica
+        })
+    }
+
+    /// Replicas of a version that is no longer promoted (or of an old spec): stopped (after
+    /// draining) once their slot has a ready replica of the promoted version, or at once if
+    /// they never served. A stop-first service's are stopped first, one slot at a time: only
+    /// while every other slot has a ready current replica and nothing stopping.
     fn retire_outdated_replicas(&mut self) {
         let mut retire = Vec::new();
         for (name, service) in &self.services {
@@ -1381,6 +1400,19 @@ impl Engine {
             };
             let is_current =
                 |r: &RunRecord| r.model_version == desired && r.spec_hash == service.hash;
+            let stop_first = service.spec.replace == ReplaceStrategy::StopFirst;
+            // Slots down or on their way back (stopping, empty, or starting a current
+            // replica): a stop-first rollout takes another slot down only when none is.
+            let mut replacing: HashSet<u32> = (0..service.spec.replicas)
+                .filter(|&replica| {
+                    let slot = self.slot_runs(name, replica);
+                    self.slot_is_stopping(name, replica)
+                        || slot.is_empty()
+                        || slot
+                            .iter()
+                            .any(|r| is_current(r) && r.state != RunState::Ready)
+                })
+                .collect();
             for live in self.runs.values() {
                 let record = &live.record;
                 if live.stop.is_some()
@@ -1410,6 +1442,15 @@ impl Engine {
                         record.id.clone(),
                         format!("replaced by a ready replica of {new}"),
                     ));
+                } else if stop_first && record.state == RunState::Ready {
+                    let replica = record.owner.replica;
+                    if replacing.iter().all(|&other| other == replica) {
+                        replacing.insert(replica);
+                        retire.push((
+                            record.id.clone(),
+                            format!("{came}; stopped first (replace = \"stop-first\"), then a replica of {new} starts"),
+                        ));
+                    }
                 } else if record.state != RunState::Ready {
                     retire.push((
                         record.id.clone(),
@@ -2070,11 +2111,15 @@ mod tests {
             max_body: ByteSize::mib(100),
             api_keys: vec![],
             model: None,
+            replace: ReplaceStrategy::Surge,
         };
         let first = spec_hash(&spec);
         spec.replicas = 3;
         assert_eq!(spec_hash(&spec), first);
         spec.api_keys = vec![domain::ApiKeyDigest([7; 32])];
+        assert_eq!(spec_hash(&spec), first);
+        // How replicas are replaced is no reason to replace them.
+        spec.replace = ReplaceStrategy::StopFirst;
         assert_eq!(spec_hash(&spec), first);
         spec.command = vec!["b".into()];
         assert_ne!(spec_hash(&spec), first);

@@ -24,6 +24,22 @@ fn workload_service(route: &str, env: serde_json::Value) -> serde_json::Value {
     })
 }
 
+/// GETs the workload's `/env` at `url` back to back for 4 s: each answer's status and mark.
+fn steady_load(url: String) -> tokio::task::JoinHandle<Vec<(u16, Option<String>)>> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut answers = Vec::new();
+        let end = std::time::Instant::now() + Duration::from_secs(4);
+        while std::time::Instant::now() < end {
+            let response = http.get(&url).send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            answers.push((status, body["WORKLOAD_MARK"].as_str().map(str::to_string)));
+        }
+        answers
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployed_service_is_routed_kept_across_restarts_replaced_blue_green_and_drained() {
     let mut server = TestServer::start(&service("web", "routes = [{ path = \"/web\" }]")).await;
@@ -75,21 +91,7 @@ async fn a_deployed_service_is_routed_kept_across_restarts_replaced_blue_green_a
     // A new spec: a replica of it starts beside the old one, which is drained and stopped
     // once the new one is ready; requests meanwhile all succeed.
     let before = server.ready_runs("extra", 1).await.remove(0);
-    let load = {
-        let url = gateway(&server, "/extra/env");
-        tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            let mut answers = Vec::new();
-            let end = std::time::Instant::now() + Duration::from_secs(4);
-            while std::time::Instant::now() < end {
-                let response = http.get(&url).send().await.unwrap();
-                let status = response.status().as_u16();
-                let body: serde_json::Value = response.json().await.unwrap_or_default();
-                answers.push((status, body["WORKLOAD_MARK"].as_str().map(str::to_string)));
-            }
-            answers
-        })
-    };
+    let load = steady_load(gateway(&server, "/extra/env"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let changed = server
         .client
@@ -151,6 +153,60 @@ async fn a_deployed_service_is_routed_kept_across_restarts_replaced_blue_green_a
     server.terminate();
     server.launch(&[]).await;
     assert!(server.client.service("extra").await.is_err());
+}
+
+/// A service that cannot run twice (it locks a file, as the RAG service locks its index) with
+/// `replace = "stop-first"`: on a new spec the old replica exits first, the new one starts once
+/// it has, and requests meanwhile wait on the gateway instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_first_service_is_replaced_once_its_old_replica_has_exited() {
+    let server = TestServer::start(&service("web", "")).await;
+    let lock = server.data_dir().join("single-writer.lock");
+    let spec = |mark: &str| {
+        let mut spec = workload_service(
+            "/locked",
+            json!({"WORKLOAD_LOCK_FILE": lock.to_str().unwrap(), "WORKLOAD_MARK": mark}),
+        );
+        spec["replace"] = json!("stop-first");
+        spec
+    };
+    server
+        .client
+        .put_service("locked", &spec("one"))
+        .await
+        .unwrap();
+    let before = server.ready_runs("locked", 1).await.remove(0);
+
+    let load = steady_load(gateway(&server, "/locked/env"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server
+        .client
+        .put_service("locked", &spec("two"))
+        .await
+        .unwrap();
+    let after = server.replacement("locked", &before.id).await;
+    let stopped = server.client.run(&before.id).await.unwrap();
+    assert_eq!(stopped.state, "stopped");
+    assert_eq!(
+        stopped.reason.as_deref(),
+        Some(
+            "the service's spec changed; stopped first (replace = \"stop-first\"), then a \
+             replica of the service's new spec starts"
+        )
+    );
+    let answers = load.await.unwrap();
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200),
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers.last().unwrap().1.as_deref(),
+        Some("two"),
+        "{answers:?}"
+    );
+    // The new replica never met the lock held: two Runs in all, none failed.
+    assert_eq!(server.run_count("locked").await, 2);
+    assert_ne!(after.id, before.id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,12 +12,15 @@ flowers.toml:
   WORKLOAD_LOG_LINES=N           print N numbered lines at start (log capture and rotation)
   WORKLOAD_GRANDCHILD=1          start a `sleep` grandchild (no process may leak)
   WORKLOAD_NO_SERVER=1           do not listen at all (a job)
+  WORKLOAD_LOCK_FILE=PATH        hold an exclusive lock on PATH, exiting with 1 at once if another
+                                 process holds it (a single-writer service, like tantivy's index)
 
 Endpoints: /healthz, /env (FLOWERS_*, CUDA_VISIBLE_DEVICES, PYTHONPATH, WORKLOAD_MARK as JSON), /headers, /pid, /grandchild,
 /crash?code=N (exit now), /sick (make /healthz fail from now on); POST /sleep?secs=S answers
 after S seconds (a request in flight).
 """
 
+import fcntl
 import json
 import os
 import signal
@@ -136,6 +139,15 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.answer(404, {"error": "not found"})
 
+
+lock_file = os.environ.get("WORKLOAD_LOCK_FILE")
+if lock_file is not None:
+    lock = open(lock_file, "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log(f"{lock_file} is locked by another process")
+        sys.exit(1)
 
 if os.environ.get("WORKLOAD_NO_SERVER") == "1":
     log("working without a server")
