@@ -215,6 +215,8 @@ def test_rag_ingest_is_incremental(flowers, docs):
     [collection] = [c for c in json.loads(out) if c["name"] == "docs"]
     assert collection["documents"] == 3
     assert collection["embedding_model"] == "minilm"
+    # The embed engine says its Model's version; the collection keeps it with the vectors.
+    assert collection["embedding_version"] == "1"
 
 
 def test_rag_search_finds_the_section(flowers, docs):

@@ -21,6 +21,11 @@ pub use models::{
     RegisteredInfo, VersionInfo,
 };
 
+/// The response header with which a Flowers model engine (`flowers engine embed|chat`) says
+/// which version of its Model answers (`FLOWERS_MODEL_VERSION`), so that a client keeping
+/// results (the RAG service's vectors) can tell when a new version was promoted.
+pub const MODEL_VERSION_HEADER: &str = "x-flowers-model-version";
+
 /// Every error answer of the control API. 4xx: the request was wrong; 5xx: Flowers failed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ApiError {

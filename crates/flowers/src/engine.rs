@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use axum::http::HeaderValue;
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use tokio::signal::unix::{signal, SignalKind};
@@ -95,6 +97,10 @@ pub struct EngineArgs {
     /// The port on 127.0.0.1 when --listen is not given.
     #[arg(long, env = "FLOWERS_PORT", hide = true)]
     port: Option<u16>,
+    /// The version of the Model being served, which Flowers sets: every answer says it in
+    /// an `x-flowers-model-version` header (the RAG service records it with its vectors).
+    #[arg(long, env = "FLOWERS_MODEL_VERSION", hide = true)]
+    model_version: Option<String>,
 }
 
 impl EngineArgs {
@@ -123,6 +129,7 @@ async fn rag(args: RagArgs) -> anyhow::Result<ExitCode> {
         model: PathBuf::new(),
         listen: args.listen,
         port: args.port,
+        model_version: None,
     }
     .address()?;
     let dir = match (&args.data, &args.service_data) {
@@ -192,7 +199,7 @@ async fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
         started.elapsed().as_millis()
     );
     let router = engines::chat::router(Arc::new(model), engines::chat::ChatHttpLimits::default());
-    serve(address, router).await
+    serve(address, with_model_version(router, &args.engine)?).await
 }
 
 async fn embed(args: EngineArgs) -> anyhow::Result<ExitCode> {
@@ -216,7 +223,28 @@ async fn embed(args: EngineArgs) -> anyhow::Result<ExitCode> {
         args.model.display(),
         started.elapsed().as_millis()
     );
-    serve(address, engines::embed::router(Arc::new(embedder))).await
+    let router = engines::embed::router(Arc::new(embedder));
+    serve(address, with_model_version(router, &args)?).await
+}
+
+/// Adds the served version's [`api_types::MODEL_VERSION_HEADER`] to every answer, when known.
+fn with_model_version(router: Router, args: &EngineArgs) -> anyhow::Result<Router> {
+    let Some(version) = &args.model_version else {
+        return Ok(router);
+    };
+    let value = HeaderValue::from_str(version)
+        .with_context(|| format!("FLOWERS_MODEL_VERSION {version:?} is not a header value"))?;
+    Ok(router.layer(axum::middleware::map_response(
+        move |mut response: Response| {
+            let value = value.clone();
+            async move {
+                response
+                    .headers_mut()
+                    .insert(api_types::MODEL_VERSION_HEADER, value);
+                response
+            }
+        },
+    )))
 }
 
 /// Serves `router` plus `/healthz` until SIGTERM or Ctrl-C, then finishes the requests in

@@ -201,8 +201,15 @@ async fn collections(rag: &Rag, json: bool) -> anyhow::Result<ExitCode> {
     }
     let mut table = Table::new(&["NAME", "DOCUMENTS", "CHUNKS", "EMBEDDINGS"]);
     for c in answer.collections {
-        let model = match (c.embedding_model, c.embedding_dimension) {
-            (Some(model), Some(dimension)) => format!("{model} ({dimension})"),
+        let model = match (
+            c.embedding_model,
+            c.embedding_dimension,
+            c.embedding_version,
+        ) {
+            (Some(model), Some(dimension), Some(version)) => {
+                format!("{model} v{version} ({dimension})")
+            }
+            (Some(model), Some(dimension), None) => format!("{model} ({dimension})"),
             _ => "-".to_string(),
         };
         table.row(vec![

@@ -7,6 +7,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+/// Vectors, and which version of the model made them, when the server says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedded {
+    pub vectors: Vec<Vec<f32>>,
+    /// A Flowers engine's [`api_types::MODEL_VERSION_HEADER`]; `None` from other servers.
+    pub version: Option<String>,
+}
+
 /// A sentence-embedding model. `embed` returns one vector per text, in order, all of one
 /// dimension; the library L2-normalises them itself, so that a dot product is the cosine.
 pub trait Embed: Send + Sync {
@@ -15,6 +23,18 @@ pub trait Embed: Send + Sync {
 
     /// A boxed future rather than an `async fn`, so that `Arc<dyn Embed>` works.
     fn embed(&self, texts: Vec<String>) -> BoxFuture<'_, Result<Vec<Vec<f32>>>>;
+
+    /// [`Embed::embed`], with the version of the model that answered: recorded per collection
+    /// too, since two versions of one model make vectors as incomparable as two models. The
+    /// default knows no version.
+    fn embed_versioned(&self, texts: Vec<String>) -> BoxFuture<'_, Result<Embedded>> {
+        Box::pin(async move {
+            Ok(Embedded {
+                vectors: self.embed(texts).await?,
+                version: None,
+            })
+        })
+    }
 }
 
 /// An [`Embed`] over HTTP: `POST {base_url}/v1/embeddings`.
@@ -60,6 +80,10 @@ impl Embed for OpenAiEmbeddings {
     }
 
     fn embed(&self, texts: Vec<String>) -> BoxFuture<'_, Result<Vec<Vec<f32>>>> {
+        Box::pin(async move { Ok(self.embed_versioned(texts).await?.vectors) })
+    }
+
+    fn embed_versioned(&self, texts: Vec<String>) -> BoxFuture<'_, Result<Embedded>> {
         Box::pin(async move {
             let url = format!("{}/v1/embeddings", self.base_url.trim_end_matches('/'));
             let response = self
@@ -73,6 +97,11 @@ impl Embed for OpenAiEmbeddings {
                 .await
                 .map_err(|error| Error::Embed(format!("cannot reach {url}: {error}")))?;
             let status = response.status();
+            let version = response
+                .headers()
+                .get(api_types::MODEL_VERSION_HEADER)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_string);
             let body = response
                 .bytes()
                 .await
@@ -97,14 +126,15 @@ impl Embed for OpenAiEmbeddings {
                 })?;
                 *slot = Some(object.embedding);
             }
-            vectors
+            let vectors = vectors
                 .into_iter()
                 .enumerate()
                 .map(|(index, vector)| {
                     vector
                         .ok_or_else(|| Error::Embed(format!("{url}: no vector for input {index}")))
                 })
-                .collect()
+                .collect::<Result<_>>()?;
+            Ok(Embedded { vectors, version })
         })
     }
 }

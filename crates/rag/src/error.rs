@@ -83,6 +83,21 @@ pub enum Error {
         dimension: Option<usize>,
     },
 
+    /// The collection's vectors came from another version of its embedding model (a new one
+    /// was promoted since): the new vectors would not be comparable with them.
+    #[error(
+        "collection {collection:?} was embedded with version {recorded} of {model:?}, but the \
+         embedding engine now serves version {now}: their vectors cannot be compared. Ingest the \
+         documents into a new collection, promote version {recorded} again, or search with \
+         mode \"bm25\""
+    )]
+    EmbeddingVersionMismatch {
+        collection: String,
+        model: String,
+        recorded: String,
+        now: String,
+    },
+
     /// The embedding engine failed or answered something unusable.
     #[error("embedding engine: {0}")]
     Embed(String),

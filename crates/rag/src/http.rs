@@ -173,7 +173,7 @@ impl From<Error> for Failure {
             Error::InvalidName { .. } | Error::InvalidRequest(_) | Error::Folder { .. } => {
                 Failure::bad_request(message)
             }
-            Error::EmbeddingMismatch { .. } => {
+            Error::EmbeddingMismatch { .. } | Error::EmbeddingVersionMismatch { .. } => {
                 Failure::new(StatusCode::CONFLICT, "embedding_mismatch", message)
             }
             Error::Io { .. } => Failure::bad_request(message),

@@ -25,7 +25,7 @@ mod vectors;
 
 pub use chat::{ChatStream, OpenAiChat};
 pub use chunk::{chunk, Chunk, ChunkOptions};
-pub use embed::{Embed, OpenAiEmbeddings};
+pub use embed::{Embed, Embedded, OpenAiEmbeddings};
 pub use error::{Error, Result};
 pub use library::{
     validate_collection_name, Collection, Document, FileError, FolderReport, IngestEvent,

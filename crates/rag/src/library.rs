@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::chunk::{chunk, Chunk, ChunkOptions};
-use crate::embed::{normalise, Embed};
+use crate::embed::{normalise, Embed, Embedded};
 use crate::extract::{extract, ExtractError, ExtractOptions, Kind};
 use crate::index::{IndexedChunk, IndexedDocument, TextIndex};
 use crate::search::{
@@ -85,6 +85,8 @@ pub struct Collection {
     /// Recorded at the first ingest; `None` while the collection is empty and never ingested.
     pub embedding_model: Option<String>,
     pub embedding_dimension: Option<usize>,
+    /// The model's version, when its engine says (a Flowers engine does).
+    pub embedding_version: Option<String>,
     pub created_ms: i64,
 }
 
@@ -232,6 +234,24 @@ struct CollectionRow {
     name: String,
     model: Option<String>,
     dimension: Option<usize>,
+    version: Option<String>,
+}
+
+impl CollectionRow {
+    /// Refuses vectors of another version of the collection's model (when both are known).
+    fn check_version(&self, model: &str, version: Option<&str>) -> Result<()> {
+        match (&self.version, version) {
+            (Some(recorded), Some(now)) if recorded != now => {
+                Err(Error::EmbeddingVersionMismatch {
+                    collection: self.name.clone(),
+                    model: self.model.clone().unwrap_or_else(|| model.to_string()),
+                    recorded: recorded.clone(),
+                    now: now.to_string(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 struct Source {
@@ -245,7 +265,7 @@ enum Step {
     /// Its digest matches the visible version: nothing to write.
     Unchanged(IngestOutcome),
     /// Extracted, chunked and embedded, to be committed (with others) into this collection.
-    Ready(CollectionRow, Pending),
+    Ready(CollectionRow, Box<Pending>),
 }
 
 /// A document waiting for its batch's commit.
@@ -319,6 +339,8 @@ struct Prepared {
     size_bytes: u64,
     chunks: Vec<Chunk>,
     vectors: Vec<Vec<f32>>,
+    /// The embedding model's version, when its engine said.
+    embedding_version: Option<String>,
 }
 
 fn now_ms() -> i64 {
@@ -707,7 +729,7 @@ impl Library {
                     outcome: Some(outcome),
                 }),
                 Ok(Step::Ready(collection, pending)) => {
-                    batch.add(collection, pending, files_done, file)
+                    batch.add(collection, *pending, files_done, file)
                 }
                 Err(error) if error.is_per_document() => batch.finish(Finished::Failed {
                     files_done,
@@ -778,7 +800,7 @@ impl Library {
             Step::Ready(collection, pending) => (collection, pending),
         };
         let model = embed.model().to_string();
-        self.blocking(move |inner| inner.commit_documents(&collection, vec![pending], &model))
+        self.blocking(move |inner| inner.commit_documents(&collection, vec![*pending], &model))
             .await?
             .pop()
             .ok_or_else(|| Error::Corrupt("a commit of one document reported none".to_string()))
@@ -911,7 +933,7 @@ impl Library {
                 }
                 Ok(Step::Ready(
                     collection,
-                    Pending {
+                    Box::new(Pending {
                         source,
                         replaces: visible.map(|(id, ..)| id),
                         prepared: Prepared {
@@ -921,8 +943,9 @@ impl Library {
                             size_bytes: bytes.len() as u64,
                             chunks,
                             vectors: Vec::new(),
+                            embedding_version: None,
                         },
-                    },
+                    }),
                 ))
             })
             .await?;
@@ -935,7 +958,8 @@ impl Library {
             .iter()
             .map(|chunk| retrieval_text(&prepared.title, chunk))
             .collect();
-        prepared.vectors = self.embed_all(&collection, embed, texts).await?;
+        (prepared.vectors, prepared.embedding_version) =
+            self.embed_all(&collection, embed, texts).await?;
         Ok(Step::Ready(collection, pending))
     }
 
@@ -946,10 +970,28 @@ impl Library {
         collection: &CollectionRow,
         embed: &dyn Embed,
         texts: Vec<String>,
-    ) -> Result<Vec<Vec<f32>>> {
+    ) -> Result<(Vec<Vec<f32>>, Option<String>)> {
         let mut vectors = Vec::with_capacity(texts.len());
+        let mut version: Option<Option<String>> = None;
         for batch in texts.chunks(self.inner.options.embed_batch_size.max(1)) {
-            let answered = embed.embed(batch.to_vec()).await?;
+            let Embedded {
+                vectors: answered,
+                version: answered_version,
+            } = embed.embed_versioned(batch.to_vec()).await?;
+            // Checked at the first batch, so a mismatch costs one request, not a document.
+            collection.check_version(embed.model(), answered_version.as_deref())?;
+            match &version {
+                Some(first) if *first != answered_version => {
+                    return Err(Error::Embed(format!(
+                        "the model's version changed during one document ({}, then {}): a new \
+                         version was promoted; ingest again",
+                        first.as_deref().unwrap_or("unknown"),
+                        answered_version.as_deref().unwrap_or("unknown")
+                    )));
+                }
+                Some(_) => {}
+                None => version = Some(answered_version),
+            }
             if answered.len() != batch.len() {
                 return Err(Error::Embed(format!(
                     "asked for {} vectors, got {}",
@@ -981,7 +1023,7 @@ impl Library {
         for vector in &mut vectors {
             normalise(vector);
         }
-        Ok(vectors)
+        Ok((vectors, version.flatten()))
     }
 
     /// Ranked chunks for a query. `embed` is needed for the dense and hybrid modes (it must be
@@ -1032,7 +1074,11 @@ impl Library {
                         dimension: None,
                     });
                 }
-                let mut vectors = embed.embed(vec![query.clone()]).await?;
+                let Embedded {
+                    mut vectors,
+                    version,
+                } = embed.embed_versioned(vec![query.clone()]).await?;
+                collection.check_version(embed.model(), version.as_deref())?;
                 let mut vector = vectors
                     .pop()
                     .filter(|_| vectors.is_empty())
@@ -1190,7 +1236,8 @@ impl Inner {
     fn collection(&self, name: &str) -> Result<CollectionRow> {
         let db = lock(&self.reader);
         db.query_row(
-            "SELECT id, name, embedding_model, embedding_dimension FROM collections WHERE name = ?1",
+            "SELECT id, name, embedding_model, embedding_dimension, embedding_version \
+             FROM collections WHERE name = ?1",
             [name],
             |row| {
                 Ok(CollectionRow {
@@ -1198,6 +1245,7 @@ impl Inner {
                     name: row.get(1)?,
                     model: row.get(2)?,
                     dimension: row.get::<_, Option<i64>>(3)?.map(|d| d.max(0) as usize),
+                    version: row.get(4)?,
                 })
             },
         )
@@ -1209,7 +1257,7 @@ impl Inner {
         let db = lock(&self.reader);
         let mut statement = db.prepare(
             "SELECT c.name, count(d.id), coalesce(sum(d.chunk_count), 0), c.embedding_model, \
-             c.embedding_dimension, c.created_ms FROM collections c \
+             c.embedding_dimension, c.created_ms, c.embedding_version FROM collections c \
              LEFT JOIN documents d ON d.collection_id = c.id AND d.committed = 1 \
              GROUP BY c.id ORDER BY c.name",
         )?;
@@ -1220,6 +1268,7 @@ impl Inner {
                 chunks: row.get::<_, i64>(2)?.max(0) as u64,
                 embedding_model: row.get(3)?,
                 embedding_dimension: row.get::<_, Option<i64>>(4)?.map(|d| d.max(0) as usize),
+                embedding_version: row.get(6)?,
                 created_ms: row.get(5)?,
             })
         })?;
@@ -1380,6 +1429,25 @@ impl Inner {
              WHERE id = ?1 AND embedding_model IS NULL",
             params![collection.id, model, dimension],
         )?;
+        if let Some(version) = &prepared.embedding_version {
+            // The first version learnt is the collection's; checked again here, inside the
+            // transaction, since the row read before embedding may predate another ingest's.
+            tx.execute(
+                "UPDATE collections SET embedding_version = ?2 \
+                 WHERE id = ?1 AND embedding_version IS NULL",
+                params![collection.id, version],
+            )?;
+            let recorded: Option<String> = tx.query_row(
+                "SELECT embedding_version FROM collections WHERE id = ?1",
+                [collection.id],
+                |row| row.get(0),
+            )?;
+            CollectionRow {
+                version: recorded,
+                ..collection.clone()
+            }
+            .check_version(model, Some(version))?;
+        }
         tx.execute(
             "INSERT INTO documents (collection_id, source, origin, folder_root, title, kind, \
              digest, size_bytes, chunk_count, committed, created_ms) \

@@ -70,6 +70,11 @@ const MIGRATIONS: &[&str] = &[
     );
 
     "#,
+    // Version 2: the embedding model's version (a Flowers engine says it), recorded at the
+    // first ingest that learns it; NULL for a server that does not say.
+    r#"
+    ALTER TABLE collections ADD COLUMN embedding_version TEXT;
+    "#,
 ];
 
 pub(crate) fn known_version() -> i64 {

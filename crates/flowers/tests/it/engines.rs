@@ -52,7 +52,7 @@ async fn the_embed_engine_serves_its_imported_model_through_the_gateway() {
         .log()
         .contains("skipped, the config declares no [models.other]"));
 
-    let answer: serde_json::Value = reqwest::Client::new()
+    let response = reqwest::Client::new()
         .post(format!(
             "http://127.0.0.1:{}/v1/embeddings",
             server.gateway_port
@@ -63,10 +63,15 @@ async fn the_embed_engine_serves_its_imported_model_through_the_gateway() {
         }))
         .send()
         .await
-        .expect("the gateway answers")
-        .json()
-        .await
-        .expect("JSON");
+        .expect("the gateway answers");
+    // The engine says which version answered (the RAG service records it with its vectors).
+    assert_eq!(
+        response.headers()[api_types::MODEL_VERSION_HEADER],
+        "1",
+        "{:?}",
+        response.headers()
+    );
+    let answer: serde_json::Value = response.json().await.expect("JSON");
     let (first, second) = (vector(&answer, 0), vector(&answer, 1));
     assert_eq!(first.len(), 384);
     // The model card's pair; the value comes from crates/engines/reference/minilm_numpy.py.

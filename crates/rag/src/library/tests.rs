@@ -242,6 +242,110 @@ async fn bad_uploads_are_errors_that_change_nothing() {
     );
 }
 
+/// The stand-in, answering as version `version` of its model (as a Flowers engine says).
+struct Versioned {
+    inner: StandInEmbedder,
+    version: Option<&'static str>,
+}
+
+impl Embed for Versioned {
+    fn model(&self) -> &str {
+        self.inner.model()
+    }
+    fn embed(&self, texts: Vec<String>) -> futures::future::BoxFuture<'_, Result<Vec<Vec<f32>>>> {
+        self.inner.embed(texts)
+    }
+    fn embed_versioned(
+        &self,
+        texts: Vec<String>,
+    ) -> futures::future::BoxFuture<'_, Result<Embedded>> {
+        Box::pin(async move {
+            Ok(Embedded {
+                vectors: self.inner.embed(texts).await?,
+                version: self.version.map(str::to_string),
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_collection_refuses_another_version_of_its_embedding_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = open(dir.path());
+    library.create_collection("docs").await.unwrap();
+    let version = |version| Versioned {
+        inner: StandInEmbedder::new(),
+        version,
+    };
+    library
+        .ingest_bytes("docs", "a.txt", b"alpha".to_vec(), &version(Some("1")))
+        .await
+        .unwrap();
+    let [collection] = library
+        .list_collections()
+        .await
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!(collection.embedding_version.as_deref(), Some("1"));
+
+    // Version 2 was promoted: its vectors would not compare with version 1's.
+    let error = library
+        .ingest_bytes("docs", "b.txt", b"beta".to_vec(), &version(Some("2")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::EmbeddingVersionMismatch { .. }),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains(
+            "collection \"docs\" was embedded with version 1 of \"stand-in-bag-of-words\", \
+             but the embedding engine now serves version 2"
+        ),
+        "{error}"
+    );
+    for mode in [Mode::Dense, Mode::Hybrid] {
+        let error = library
+            .search(
+                &search_request("docs", "alpha", mode),
+                Some(&version(Some("2"))),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, Error::EmbeddingVersionMismatch { .. }),
+            "{error}"
+        );
+    }
+    // BM25 needs no vectors; version 1 (promoted again) and a server that does not say
+    // its version are both accepted.
+    let hits = library
+        .search(
+            &search_request("docs", "alpha", Mode::Bm25),
+            Some(&version(Some("2"))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 1);
+    for accepted in [Some("1"), None] {
+        library
+            .search(
+                &search_request("docs", "alpha", Mode::Dense),
+                Some(&version(accepted)),
+            )
+            .await
+            .unwrap();
+    }
+    library
+        .ingest_bytes("docs", "c.txt", b"gamma".to_vec(), &version(None))
+        .await
+        .unwrap();
+    let documents = library.list_documents("docs").await.unwrap();
+    assert_eq!(documents.len(), 2, "{documents:?}");
+    assert!(documents.iter().all(|d| d.source != "b.txt"));
+}
+
 #[tokio::test]
 async fn a_collection_refuses_a_second_embedding_model() {
     let dir = tempfile::tempdir().unwrap();
@@ -420,6 +524,7 @@ async fn every_crash_window_of_an_ingest_is_repaired_at_open() {
                 size_bytes: 17,
                 chunks,
                 vectors,
+                embedding_version: None,
             };
             let source = Source {
                 source: "a.txt".into(),
