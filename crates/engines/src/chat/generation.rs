@@ -1,6 +1,8 @@
 //! One generation as a state machine a worker advances a step at a time: a chunk of the
 //! prompt, then one token per step, each checked against eos, stop strings and max_tokens.
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::quantized_llama::ModelWeights;
@@ -35,6 +37,11 @@ pub struct GenerationParams {
     pub stop: Vec<String>,
     /// The sampler's seed; [`DEFAULT_SEED`] when none is given.
     pub seed: Option<u64>,
+    /// OpenAI's penalties, each in [-2, 2], on the tokens this answer has generated so far
+    /// (as vLLM does; the prompt's are not counted): a token's logit is lowered by
+    /// `presence_penalty` once it has appeared, and by `frequency_penalty` per appearance.
+    pub presence_penalty: f64,
+    pub frequency_penalty: f64,
 }
 
 impl Default for GenerationParams {
@@ -45,6 +52,8 @@ impl Default for GenerationParams {
             top_p: 1.0,
             stop: Vec::new(),
             seed: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
         }
     }
 }
@@ -64,6 +73,14 @@ impl GenerationParams {
                 "top_p",
                 format!("is {}; it must be above 0 and at most 1", self.top_p),
             );
+        }
+        for (field, value) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&value) {
+                return bad(field, format!("is {value}; it must be between -2 and 2"));
+            }
         }
         if self.max_tokens == Some(0) {
             return bad("max_tokens", "is 0; ask for at least 1 token".into());
@@ -201,7 +218,47 @@ pub(crate) struct Job {
     sampling: Sampling,
     seed: u64,
     stop: Vec<String>,
+    penalties: Penalties,
     sink: UnboundedSender<GenerationEvent>,
+}
+
+/// Presence and frequency penalties over the tokens generated so far.
+#[derive(Debug, Default)]
+pub(crate) struct Penalties {
+    presence: f32,
+    frequency: f32,
+    counts: HashMap<u32, u32>,
+}
+
+impl Penalties {
+    pub(crate) fn new(params: &GenerationParams) -> Penalties {
+        Penalties {
+            presence: params.presence_penalty as f32,
+            frequency: params.frequency_penalty as f32,
+            counts: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn record(&mut self, token: u32) {
+        if self.presence != 0.0 || self.frequency != 0.0 {
+            *self.counts.entry(token).or_default() += 1;
+        }
+    }
+
+    /// The logits with each generated token's lowered; untouched when there is nothing to do.
+    pub(crate) fn apply(&self, logits: Tensor) -> Result<Tensor> {
+        if self.counts.is_empty() {
+            return Ok(logits);
+        }
+        let mut values = logits.to_vec1::<f32>()?;
+        for (&token, &count) in &self.counts {
+            if let Some(value) = values.get_mut(token as usize) {
+                *value -= self.presence + self.frequency * count as f32;
+            }
+        }
+        let len = values.len();
+        Ok(Tensor::from_vec(values, len, logits.device())?)
+    }
 }
 
 impl Job {
@@ -217,6 +274,7 @@ impl Job {
             sampling: params.sampling(),
             seed: params.seed.unwrap_or(DEFAULT_SEED),
             stop: params.stop.clone(),
+            penalties: Penalties::new(params),
             sink,
         }
     }
@@ -242,6 +300,7 @@ pub(crate) struct Generation {
     generated: usize,
     max_tokens: usize,
     sampler: LogitsProcessor,
+    penalties: Penalties,
     text: TextAssembler,
     sink: UnboundedSender<GenerationEvent>,
 }
@@ -256,6 +315,7 @@ impl Generation {
             generated: 0,
             max_tokens: job.max_tokens,
             sampler: LogitsProcessor::from_sampling(job.seed, job.sampling),
+            penalties: job.penalties,
             text: TextAssembler::new(job.stop),
             sink: job.sink,
         }
@@ -299,8 +359,11 @@ impl Generation {
             let input = Tensor::new(&[last], device)?.unsqueeze(0)?;
             self.model.forward(&input, position)?
         };
-        let logits = logits.squeeze(0)?.to_dtype(DType::F32)?;
+        let logits = self
+            .penalties
+            .apply(logits.squeeze(0)?.to_dtype(DType::F32)?)?;
         let token = self.sampler.sample(&logits)?;
+        self.penalties.record(token);
         self.generated += 1;
         self.last = Some(token);
         if tokenizer.ends_generation(token) {

@@ -135,6 +135,23 @@ struct ChatRequest {
     stop: Option<StopIn>,
     #[serde(default)]
     seed: Option<i64>,
+    #[serde(default)]
+    presence_penalty: Option<f64>,
+    #[serde(default)]
+    frequency_penalty: Option<f64>,
+    /// Refused when used: see [`refuse_unsupported`].
+    #[serde(default)]
+    logprobs: Option<Value>,
+    #[serde(default)]
+    logit_bias: Option<Value>,
+    #[serde(default)]
+    top_logprobs: Option<Value>,
+    #[serde(default)]
+    tools: Option<Value>,
+    #[serde(default)]
+    functions: Option<Value>,
+    #[serde(default)]
+    response_format: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +184,15 @@ struct CompletionRequest {
     stop: Option<StopIn>,
     #[serde(default)]
     seed: Option<i64>,
+    #[serde(default)]
+    presence_penalty: Option<f64>,
+    #[serde(default)]
+    frequency_penalty: Option<f64>,
+    /// Refused when used: see [`refuse_unsupported`].
+    #[serde(default)]
+    logprobs: Option<Value>,
+    #[serde(default)]
+    logit_bias: Option<Value>,
 }
 
 struct Failure {
@@ -290,27 +316,71 @@ fn stops(stop: Option<StopIn>) -> Vec<String> {
     }
 }
 
-fn params(
+/// The sampling fields both kinds of request share.
+struct SamplingIn {
     max_tokens: Option<u64>,
     temperature: Option<f64>,
     top_p: Option<f64>,
     n: Option<u64>,
     stop: Option<StopIn>,
     seed: Option<i64>,
-) -> Result<GenerationParams, Failure> {
-    if let Some(n) = n.filter(|&n| n != 1) {
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
+}
+
+/// OpenAI fields this engine cannot honour: refused by name when they ask for something, so
+/// that a client never takes an answer made without them for one made with them. Absent,
+/// null, false, 0 or empty is no request.
+fn refuse_unsupported(fields: &[(&str, &Option<Value>)]) -> Result<(), Failure> {
+    for (name, value) in fields {
+        let asked = match value {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+            Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+            Some(Value::Array(items)) => !items.is_empty(),
+            Some(Value::Object(map)) if *name == "response_format" => {
+                map.get("type").and_then(Value::as_str) != Some("text")
+            }
+            Some(Value::Object(map)) => !map.is_empty(),
+            Some(_) => true,
+        };
+        if asked {
+            let why = match *name {
+                "tools" | "functions" => {
+                    "this engine does not call tools; send the conversation without them"
+                }
+                "response_format" => {
+                    "this engine answers in plain text only ({\"type\": \"text\"})"
+                }
+                _ => "this engine does not support it",
+            };
+            return Err(Failure::bad_request(format!("{name}: {why}")));
+        }
+    }
+    Ok(())
+}
+
+fn params(sampling: SamplingIn) -> Result<GenerationParams, Failure> {
+    if let Some(n) = sampling.n.filter(|&n| n != 1) {
         return Err(Failure::bad_request(format!(
             "n is {n}; this engine gives one choice per request (n = 1)"
         )));
     }
     let defaults = GenerationParams::default();
     let params = GenerationParams {
-        max_tokens: max_tokens.map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
-        temperature: temperature.unwrap_or(defaults.temperature),
-        top_p: top_p.unwrap_or(defaults.top_p),
-        stop: stops(stop),
+        max_tokens: sampling
+            .max_tokens
+            .map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
+        temperature: sampling.temperature.unwrap_or(defaults.temperature),
+        top_p: sampling.top_p.unwrap_or(defaults.top_p),
+        stop: stops(sampling.stop),
         // A negative seed is as good a seed as any: keep its bits.
-        seed: seed.map(|seed| seed as u64),
+        seed: sampling.seed.map(|seed| seed as u64),
+        presence_penalty: sampling
+            .presence_penalty
+            .unwrap_or(defaults.presence_penalty),
+        frequency_penalty: sampling
+            .frequency_penalty
+            .unwrap_or(defaults.frequency_penalty),
     };
     params
         .check()
@@ -579,14 +649,24 @@ async fn chat_completions(
         &body,
         "a chat completion request {\"messages\": [{\"role\": ..., \"content\": ...}], ...}",
     )?;
-    let params = params(
-        request.max_completion_tokens.or(request.max_tokens),
-        request.temperature,
-        request.top_p,
-        request.n,
-        request.stop,
-        request.seed,
-    )?;
+    refuse_unsupported(&[
+        ("tools", &request.tools),
+        ("functions", &request.functions),
+        ("logprobs", &request.logprobs),
+        ("top_logprobs", &request.top_logprobs),
+        ("logit_bias", &request.logit_bias),
+        ("response_format", &request.response_format),
+    ])?;
+    let params = params(SamplingIn {
+        max_tokens: request.max_completion_tokens.or(request.max_tokens),
+        temperature: request.temperature,
+        top_p: request.top_p,
+        n: request.n,
+        stop: request.stop,
+        seed: request.seed,
+        presence_penalty: request.presence_penalty,
+        frequency_penalty: request.frequency_penalty,
+    })?;
     let messages = messages(request.messages)?;
     let streaming = request.stream.unwrap_or(false);
     let include_usage = request
@@ -626,14 +706,20 @@ async fn completions(
             "echo is not supported; the prompt is not repeated in the answer",
         ));
     }
-    let params = params(
-        request.max_tokens,
-        request.temperature,
-        request.top_p,
-        request.n,
-        request.stop,
-        request.seed,
-    )?;
+    refuse_unsupported(&[
+        ("logprobs", &request.logprobs),
+        ("logit_bias", &request.logit_bias),
+    ])?;
+    let params = params(SamplingIn {
+        max_tokens: request.max_tokens,
+        temperature: request.temperature,
+        top_p: request.top_p,
+        n: request.n,
+        stop: request.stop,
+        seed: request.seed,
+        presence_penalty: request.presence_penalty,
+        frequency_penalty: request.frequency_penalty,
+    })?;
     let streaming = request.stream.unwrap_or(false);
     let include_usage = request
         .stream_options

@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
 
 use super::*;
 
@@ -238,6 +239,46 @@ fn the_same_seed_gives_the_same_sampled_text() {
 }
 
 #[test]
+fn penalties_lower_each_generated_token_by_presence_and_frequency() {
+    let params = GenerationParams {
+        presence_penalty: 0.5,
+        frequency_penalty: 0.25,
+        ..GenerationParams::default()
+    };
+    let mut penalties = super::generation::Penalties::new(&params);
+    let logits = Tensor::new(&[1.0f32, 2.0, 3.0, 4.0], &Device::Cpu).unwrap();
+    // Nothing generated yet: nothing to lower.
+    let same = penalties.apply(logits.clone()).unwrap();
+    assert_eq!(same.to_vec1::<f32>().unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
+    for token in [1, 3, 1, 99] {
+        penalties.record(token);
+    }
+    let lowered = penalties.apply(logits).unwrap().to_vec1::<f32>().unwrap();
+    // Token 1 twice: 2 − 0.5 − 2 × 0.25; token 3 once: 4 − 0.5 − 0.25; 99 is past the end.
+    assert_eq!(lowered, vec![1.0, 1.0, 3.0, 3.25]);
+}
+
+#[test]
+fn a_frequency_penalty_makes_a_greedy_answer_repeat_itself_less() {
+    let model = smollm2();
+    // A prompt a small model continues by repeating it.
+    let prompt = "yes, yes, yes, yes, yes, yes, yes, yes,";
+    let count = |text: &str| text.to_lowercase().matches("yes").count();
+    let free = block_on(model.complete(prompt, &greedy(24))).unwrap();
+    let penalised = GenerationParams {
+        frequency_penalty: 2.0,
+        ..greedy(24)
+    };
+    let penalised = block_on(model.complete(prompt, &penalised)).unwrap();
+    assert!(
+        count(&penalised.text) < count(&free.text),
+        "{:?} against {:?}",
+        penalised.text,
+        free.text
+    );
+}
+
+#[test]
 fn stop_strings_end_the_answer_and_are_not_sent() {
     let model = smollm2();
     let free = block_on(model.chat(&ask(QUESTION), &greedy(16))).unwrap();
@@ -359,6 +400,20 @@ fn bad_parameters_are_refused_before_queueing() {
             "top_p",
         ),
         (greedy(0), "max_tokens"),
+        (
+            GenerationParams {
+                presence_penalty: 2.5,
+                ..greedy(1)
+            },
+            "presence_penalty",
+        ),
+        (
+            GenerationParams {
+                frequency_penalty: f64::NAN,
+                ..greedy(1)
+            },
+            "frequency_penalty",
+        ),
         (
             GenerationParams {
                 stop: vec!["a".into(); 5],

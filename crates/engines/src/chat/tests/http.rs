@@ -261,6 +261,35 @@ async fn bad_requests_are_refused_naming_the_field() {
         (&text, json!({"prompt": "a", "echo": true}), "echo"),
         (&text, json!({"prompt": "a", "best_of": 3}), "best_of"),
         (&text, json!({"prompt": ""}), "prompt"),
+        (
+            &chat,
+            chat_body(json!({"presence_penalty": -3})),
+            "presence_penalty",
+        ),
+        (
+            &text,
+            json!({"prompt": "a", "frequency_penalty": 2.5}),
+            "frequency_penalty",
+        ),
+        // Asked for and not honoured: refused by name, never silently ignored.
+        (
+            &chat,
+            chat_body(json!({"tools": [{"type": "function", "function": {"name": "f"}}]})),
+            "tools: this engine does not call tools",
+        ),
+        (&chat, chat_body(json!({"logprobs": true})), "logprobs"),
+        (&chat, chat_body(json!({"top_logprobs": 2})), "top_logprobs"),
+        (
+            &chat,
+            chat_body(json!({"logit_bias": {"42": 5}})),
+            "logit_bias",
+        ),
+        (
+            &chat,
+            chat_body(json!({"response_format": {"type": "json_object"}})),
+            "response_format",
+        ),
+        (&text, json!({"prompt": "a", "logprobs": 3}), "logprobs"),
     ];
     for (url, body, says) in cases {
         let answer = post_json(url, body.clone()).await;
