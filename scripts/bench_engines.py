@@ -3,12 +3,12 @@
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from bench_common import Engine, peak_rss_mib
 
 REPO = Path(__file__).resolve().parent.parent
 FLOWERS = os.environ["BENCH_FLOWERS"]
@@ -32,12 +32,6 @@ def corpus_sentences(n):
     return [texts[i % len(texts)] for i in range(n)]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def post(url, body, timeout=600):
     request = urllib.request.Request(url, json.dumps(body).encode(),
                                      {"Content-Type": "application/json"})
@@ -45,42 +39,10 @@ def post(url, body, timeout=600):
         return json.load(answer)
 
 
-def peak_rss_mib(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-class Engine:
-    """`flowers engine KIND` on a free loopback port, until closed."""
-
-    def __init__(self, kind, model):
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            [FLOWERS, "engine", kind, "--model", model, "--listen", f"127.0.0.1:{self.port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={**os.environ, "RAYON_NUM_THREADS": str(THREADS)})
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/healthz", timeout=1).read()
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    sys.exit(f"bench-engines: flowers engine {kind} did not start")
-                time.sleep(0.1)
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    def peak_rss_mib(self):
-        return peak_rss_mib(self.process.pid)
-
-    def close(self):
-        self.process.terminate()
-        self.process.wait(timeout=60)
+def start_engine(kind, model):
+    """`flowers engine KIND` with the model, on the benchmark's threads."""
+    return Engine(FLOWERS, [kind, "--model", model], "bench-engines",
+                  env={"RAYON_NUM_THREADS": str(THREADS)})
 
 
 def best(runs):
@@ -94,7 +56,7 @@ def bench_embed():
 
     torch.set_num_threads(THREADS)
     texts = corpus_sentences(SENTENCES)
-    engine = Engine("embed", MINILM)
+    engine = start_engine("embed", MINILM)
     try:
         ours = []
         for _ in range(REPEAT):
@@ -131,7 +93,7 @@ def bench_chat():
     from llama_cpp import Llama
 
     prompt = " ".join(corpus_sentences(60))[:1800] + "\n\nSummarise the text above."
-    engine = Engine("chat", SMOLLM2)
+    engine = start_engine("chat", SMOLLM2)
     try:
         ours_gen, ours_prompt = [], []
         for _ in range(REPEAT):
