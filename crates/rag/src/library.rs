@@ -1232,6 +1232,20 @@ fn walk(root: &Path) -> Walked {
 /// One document's vectors: its id and (chunk id, vector) rows.
 type DocumentVectors = (i64, Vec<(i64, Vec<f32>)>);
 
+/// The rows of `count` chunks (their ids bound as parameters) whose document is visible in the
+/// collection. CROSS JOIN fixes the join order, chunks first by primary key: given the choice,
+/// SQLite walks the collection's documents through their partial index instead (it guesses an
+/// equality picks ~10 rows), which took 28 ms at 10k documents against 0.4 ms.
+fn visible_chunks_sql(collection_id: i64, count: usize) -> String {
+    let placeholders = vec!["?"; count].join(",");
+    format!(
+        "SELECT c.id, c.document_id, c.text, c.heading_path, c.page, c.char_start, \
+         c.char_end, d.source, d.title, d.kind FROM chunks c \
+         CROSS JOIN documents d ON d.id = c.document_id \
+         WHERE d.committed = 1 AND d.collection_id = {collection_id} AND c.id IN ({placeholders})"
+    )
+}
+
 impl Inner {
     fn collection(&self, name: &str) -> Result<CollectionRow> {
         let db = lock(&self.reader);
@@ -1622,14 +1636,7 @@ impl Inner {
             .into_iter()
             .collect();
         for batch in unique.chunks(500) {
-            let placeholders = vec!["?"; batch.len()].join(",");
-            let sql = format!(
-                "SELECT c.id, c.document_id, c.text, c.heading_path, c.page, c.char_start, \
-                 c.char_end, d.source, d.title, d.kind FROM chunks c \
-                 JOIN documents d ON d.id = c.document_id \
-                 WHERE d.committed = 1 AND d.collection_id = {collection_id} AND c.id IN ({placeholders})"
-            );
-            let mut statement = db.prepare(&sql)?;
+            let mut statement = db.prepare(&visible_chunks_sql(collection_id, batch.len()))?;
             let rows = statement.query_map(rusqlite::params_from_iter(batch), |row| {
                 Ok((
                     row.get::<_, i64>(0)?,

@@ -346,6 +346,27 @@ async fn a_collection_refuses_another_version_of_its_embedding_model() {
     assert!(documents.iter().all(|d| d.source != "b.txt"));
 }
 
+#[test]
+fn hits_are_read_by_chunk_id_not_by_walking_the_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = open(dir.path());
+    let db = lock(&library.inner.reader);
+    let plan: Vec<String> = db
+        .prepare(&format!("EXPLAIN QUERY PLAN {}", visible_chunks_sql(1, 3)))
+        .unwrap()
+        .query_map([1, 2, 3], |row| row.get::<_, String>(3))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(
+        plan,
+        vec![
+            "SEARCH c USING INTEGER PRIMARY KEY (rowid=?)",
+            "SEARCH d USING INTEGER PRIMARY KEY (rowid=?)"
+        ]
+    );
+}
+
 #[tokio::test]
 async fn a_collection_refuses_a_second_embedding_model() {
     let dir = tempfile::tempdir().unwrap();
