@@ -27,7 +27,15 @@ GPU through VRAM budgets:
 
 The example needs the SDK (sdk/python of this tree, put on PYTHONPATH) and the digits data:
 scikit-learn, or .gpu/digits.csv.gz (see scripts/gpu-check), given to it as EXAMPLE_DIGITS.
-`--only basic` or `--only example` runs one part.
+
+Last, when the binary is a cuda build (scripts/cuda-build), the built-in engines on the GPU
+with the default models, .gpu/minilm and .gpu/smollm2 (see scripts/gpu-check):
+
+  - engines embed: `flowers engine embed --device cuda`; the model card's pair has cosine
+    0.4046 ± 1e-3, as on the CPU;
+  - engines chat: `flowers engine chat --device cuda`; a greedy 64-token answer, timed.
+
+`--only basic`, `--only example` or `--only engines` runs one part.
 
 Standard library only, plus PyTorch inside the workload (skipped with a clear row if absent).
 Exit status 0 when every check passed, 1 otherwise, 2 when there is no GPU to check.
@@ -422,20 +430,130 @@ def check_example(binary):
                     shutil.copy(source, os.path.join(out, f"example-{run}.log"))
 
 
+CARD_PAIR = ["This is an example sentence", "Each sentence is converted"]
+
+
+def missing_libraries(binary, env):
+    """The shared libraries `ldd` cannot find for the binary (a cuda build links CUDA's)."""
+    try:
+        out = subprocess.run(["ldd", binary], capture_output=True, text=True, env=env).stdout
+    except OSError:
+        return []
+    return [line.split()[0] for line in out.splitlines() if "not found" in line]
+
+
+def post(url, body, timeout=300):
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+# GPU_CHECK_ENGINES_DEVICE=cpu runs the engines part's own logic on a machine without a GPU.
+ENGINES_DEVICE = os.environ.get("GPU_CHECK_ENGINES_DEVICE", "cuda")
+
+
+def start_engine(binary, kind, model, env, work):
+    """`flowers engine KIND --device cuda` on a free port; (process, url, seconds to /healthz)."""
+    port = free_port()
+    log = open(os.path.join(work, f"engine-{kind}.log"), "ab")
+    started = time.monotonic()
+    engine = subprocess.Popen([binary, "engine", kind, "--model", model, "--device", ENGINES_DEVICE,
+                               "--listen", f"127.0.0.1:{port}"], env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        if engine.poll() is not None:
+            with open(log.name, errors="replace") as f:
+                text = f.read()
+            errors = [line for line in text.splitlines() if line.startswith("error:")]
+            raise SystemExit(f"flowers engine {kind} exited {engine.returncode}: "
+                             f"{errors[-1] if errors else text[-600:].strip()}")
+        with urllib.request.urlopen(f"{url}/healthz", timeout=2):
+            return True
+    wait_for(f"flowers engine {kind}", healthy, seconds=300)
+    return engine, url, time.monotonic() - started
+
+
+def check_engines(binary):
+    """The built-in engines on the GPU, when the binary is a cuda build."""
+    with open(binary, "rb") as f:
+        cuda_build = b"libcuda.so.1\0" in f.read()
+    if not cuda_build:
+        row("engines", None, f"skipped: {binary} is not a cuda build (it does not link libcuda.so.1); "
+            "build one with scripts/cuda-build and carry it as .gpu/flowers")
+        return 0
+    models = {"embed": os.path.join(REPO, ".gpu", "minilm"), "chat": os.path.join(REPO, ".gpu", "smollm2")}
+    absent = [path for path in models.values() if not os.path.exists(path)]
+    if absent:
+        row("engines", None, f"skipped: no {', '.join(absent)} (see scripts/gpu-check for preparing them)")
+        return 0
+    env = dict(os.environ)
+    carried = os.path.join(REPO, ".gpu", "lib")
+    if os.path.isdir(carried):
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in [carried, env.get("LD_LIBRARY_PATH")] if p)
+    missing = missing_libraries(binary, env)
+    if missing:
+        row("engines", False, f"the cuda build cannot start here: no {', '.join(missing)} (the CUDA runtime "
+            "of the toolkit it was built with; put them in .gpu/lib)")
+        return 1
+    work = tempfile.mkdtemp(prefix="flowers-gpu-engines-")
+    engine = None
+    try:
+        engine, url, seconds = start_engine(binary, "embed", models["embed"], env, work)
+        started = time.monotonic()
+        data = post(f"{url}/v1/embeddings", {"model": "minilm", "input": CARD_PAIR})["data"]
+        took = time.monotonic() - started
+        a, b = data[0]["embedding"], data[1]["embedding"]
+        similarity = sum(x * y for x, y in zip(a, b)) / (sum(x * x for x in a) * sum(y * y for y in b)) ** 0.5
+        row("engines embed", abs(similarity - 0.4046) <= 1e-3,
+            f"--device {ENGINES_DEVICE}: the card pair's cosine is {similarity:.4f} (CPU: 0.4046); ready in {seconds:.1f}s, "
+            f"first request {took * 1000:.0f} ms")
+        engine.terminate()
+        engine.wait(timeout=60)
+
+        engine, url, seconds = start_engine(binary, "chat", models["chat"], env, work)
+        ask = {"model": "smollm2", "temperature": 0,
+               "messages": [{"role": "user", "content": "Write a long story about a gardener and her flowers."}]}
+        started = time.monotonic()
+        post(f"{url}/v1/chat/completions", {**ask, "max_tokens": 4})
+        warm = time.monotonic() - started
+        started = time.monotonic()
+        answer = post(f"{url}/v1/chat/completions", {**ask, "max_tokens": 64})
+        took = time.monotonic() - started
+        tokens = answer["usage"]["completion_tokens"]
+        text = answer["choices"][0]["message"]["content"]
+        row("engines chat", tokens > 0,
+            f"--device {ENGINES_DEVICE}: a greedy answer of {tokens} tokens in {took:.2f}s ({tokens / took:.1f} tokens/s; "
+            f"ready in {seconds:.1f}s, a 4-token warm-up {warm:.2f}s): {text[:60]!r}…")
+        return 0
+    except (Exception, SystemExit) as error:
+        row("engines", False, f"{type(error).__name__}: {error}")
+        return 1
+    finally:
+        if engine and engine.poll() is None:
+            engine.terminate()
+            engine.wait(timeout=60)
+        out = os.environ.get("OUT")
+        for name in os.listdir(work) if out else []:
+            shutil.copy(os.path.join(work, name), os.path.join(out, name))
+
+
 def cli_output(binary, api, *args):
     return subprocess.run([binary, "--api", api, *args], capture_output=True, text=True).stdout
 
 
 def main():
     parser = argparse.ArgumentParser(description="Flowers' GPU path end to end (see scripts/gpu-check)")
-    parser.add_argument("--only", choices=("basic", "example"), help="run one part of the check")
+    parser.add_argument("--only", choices=("basic", "example", "engines"), help="run one part of the check")
     args = parser.parse_args()
     binary = find_binary()
     status = 0
-    if args.only != "example":
+    if args.only in (None, "basic"):
         status = check_basic(binary)
-    if status != 2 and args.only != "basic":
+    if status != 2 and args.only in (None, "example"):
         status = check_example(binary)
+    if status != 2 and args.only in (None, "engines"):
+        status = check_engines(binary)
 
     print("\n| check | result | detail |\n| --- | --- | --- |")
     for check, result, detail in rows:

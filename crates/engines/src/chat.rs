@@ -63,10 +63,14 @@ pub struct ChatOptions {
     /// candle 0.11's Q4_1 dot product is scalar everywhere and its other quantized kernels use
     /// AVX only when the build targets it, while f32 matrix products go through gemm, which
     /// picks AVX2/AVX-512 at run time. Larger models stay quantized; 0 turns this off.
+    /// CPU only: on a GPU the weights stay quantized, where candle has CUDA kernels for the
+    /// GGUF types (and unpacking there would copy every tensor to the host and back).
     pub unpack_weights_up_to_bytes: u64,
     /// A lower context than the model's (which is at most 4096), to bound each request's KV
     /// cache and prompt time on a small machine.
     pub max_context: Option<usize>,
+    /// Where the model runs: the CPU by default, or a GPU from [`crate::cuda_device`] in a
+    /// build with the `cuda` feature. Sampling reads each step's logits back to the host.
     pub device: Device,
 }
 
@@ -299,6 +303,7 @@ impl ChatModel {
             path = %path.display(),
             name = %shared.name,
             context_length,
+            device = if options.device.is_cpu() { "cpu" } else { "cuda" },
             unpacked_to_f32 = unpack,
             template = ?shared.template.source(),
             pre = shared.tokenizer.pre(),

@@ -33,6 +33,8 @@ pub struct EmbedderOptions {
     /// At most this many texts go through the model at once; longer inputs are split into
     /// batches of this size. Bounds memory: a batch costs batch × longest × hidden floats per layer.
     pub max_batch_size: usize,
+    /// Where the model runs: the CPU by default, or a GPU from [`crate::cuda_device`] in a
+    /// build with the `cuda` feature. Vectors come back to the host either way.
     pub device: Device,
 }
 

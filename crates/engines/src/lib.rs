@@ -11,6 +11,20 @@ use std::path::PathBuf;
 pub mod chat;
 pub mod embed;
 
+/// The device a model runs on ([`embed::EmbedderOptions::device`], [`chat::ChatOptions::device`]),
+/// so callers need not depend on candle themselves.
+pub use candle_core::Device;
+
+/// Whether this build can run models on NVIDIA GPUs: the `cuda` feature (candle's CUDA backend).
+pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+
+/// Opens CUDA device `ordinal`, counted among the GPUs `CUDA_VISIBLE_DEVICES` leaves visible.
+/// Fails with candle's reason when there is no driver or no such GPU, and always in a build
+/// without the `cuda` feature.
+pub fn cuda_device(ordinal: usize) -> candle_core::Result<Device> {
+    Device::new_cuda(ordinal)
+}
+
 /// What can go wrong loading or running a model. Broken model files and bad input are data
 /// with a reason; candle's own failures are kept as their source.
 #[derive(Debug, thiserror::Error)]

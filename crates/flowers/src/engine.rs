@@ -101,6 +101,109 @@ pub struct EngineArgs {
     /// an `x-flowers-model-version` header (the RAG service records it with its vectors).
     #[arg(long, env = "FLOWERS_MODEL_VERSION", hide = true)]
     model_version: Option<String>,
+    /// Where the model runs. Default: the GPU when Flowers placed the Run on one (it sets
+    /// CUDA_VISIBLE_DEVICES to the GPU's UUID), else the CPU. `cuda` needs a binary built
+    /// with the `cuda` feature; without it the engine says so and runs on the CPU.
+    #[arg(long, value_enum, value_name = "DEVICE")]
+    device: Option<DeviceFlag>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceFlag {
+    Cpu,
+    /// The first GPU CUDA_VISIBLE_DEVICES leaves visible.
+    Cuda,
+}
+
+/// Where an engine will run, decided from `--device`, the environment Flowers gives a Run and
+/// what this binary was built with; [`open_device`] acts on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DevicePlan {
+    /// The CPU, with a warning to print once when a GPU was asked for but cannot be used.
+    Cpu { warning: Option<String> },
+    /// CUDA device 0 of those this process sees; `label` names it in messages.
+    Cuda { label: String },
+}
+
+/// A Run on a GPU gets `CUDA_VISIBLE_DEVICES=<the GPU's UUID>` and `FLOWERS_DEVICE=gpuN`; a
+/// CPU-slot Run an empty CUDA_VISIBLE_DEVICES. Outside Flowers (unset) the CPU is the default
+/// too: `--device cuda` asks for the GPU by hand.
+fn plan_device(
+    flag: Option<DeviceFlag>,
+    cuda_visible_devices: Option<&str>,
+    flowers_device: Option<&str>,
+    cuda_built: bool,
+) -> DevicePlan {
+    let visible = cuda_visible_devices
+        .map(str::trim)
+        .filter(|value| !value.is_empty());
+    let asked_by = match (flag, visible) {
+        (Some(DeviceFlag::Cpu), _) | (None, None) => return DevicePlan::Cpu { warning: None },
+        (Some(DeviceFlag::Cuda), _) => "--device cuda".to_string(),
+        (None, Some(visible)) => format!("CUDA_VISIBLE_DEVICES={visible}"),
+    };
+    let placed = flowers_device.filter(|device| device.starts_with("gpu"));
+    let label = match (placed, visible) {
+        (Some(device), Some(visible)) => format!("{device} ({visible})"),
+        (Some(device), None) => device.to_string(),
+        (None, Some(visible)) => visible.to_string(),
+        (None, None) if cuda_visible_devices.is_some() => {
+            "CUDA device 0 (CUDA_VISIBLE_DEVICES is empty: no GPU is visible)".to_string()
+        }
+        (None, None) => "CUDA device 0".to_string(),
+    };
+    if cuda_built {
+        DevicePlan::Cuda { label }
+    } else {
+        DevicePlan::Cpu {
+            warning: Some(format!(
+                "{asked_by} asks for the GPU {label}, but this flowers binary was built without \
+                 CUDA (cargo feature `cuda`), so the engine runs on the CPU; build with \
+                 `--features cuda` (scripts/cuda-build) to use the GPU"
+            )),
+        }
+    }
+}
+
+/// [`open_device`] on a blocking thread: opening CUDA initialises the driver.
+async fn open_device_blocking(plan: &DevicePlan) -> anyhow::Result<engines::Device> {
+    let plan = plan.clone();
+    tokio::task::spawn_blocking(move || open_device(&plan))
+        .await
+        .context("the thread opening the device panicked")?
+}
+
+/// The device a plan names, opened; a warning on stderr (once) when it falls back to the CPU.
+fn open_device(plan: &DevicePlan) -> anyhow::Result<engines::Device> {
+    match plan {
+        DevicePlan::Cpu { warning } => {
+            if let Some(warning) = warning {
+                tracing::warn!("{warning}");
+            }
+            Ok(engines::Device::Cpu)
+        }
+        DevicePlan::Cuda { label } => engines::cuda_device(0)
+            .with_context(|| format!("cannot open the GPU {label} with CUDA")),
+    }
+}
+
+impl DevicePlan {
+    fn for_engine(args: &EngineArgs) -> DevicePlan {
+        plan_device(
+            args.device,
+            std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
+            std::env::var("FLOWERS_DEVICE").ok().as_deref(),
+            engines::CUDA_BUILT,
+        )
+    }
+
+    /// How the engine's start line names it.
+    fn describe(&self) -> String {
+        match self {
+            DevicePlan::Cpu { .. } => "the CPU".to_string(),
+            DevicePlan::Cuda { label } => format!("the GPU {label}"),
+        }
+    }
 }
 
 impl EngineArgs {
@@ -130,6 +233,7 @@ async fn rag(args: RagArgs) -> anyhow::Result<ExitCode> {
         listen: args.listen,
         port: args.port,
         model_version: None,
+        device: None,
     }
     .address()?;
     let dir = match (&args.data, &args.service_data) {
@@ -178,12 +282,14 @@ async fn rag(args: RagArgs) -> anyhow::Result<ExitCode> {
 async fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     let address = args.engine.address()?;
     let started = Instant::now();
+    let plan = DevicePlan::for_engine(&args.engine);
     let options = engines::chat::ChatOptions {
         name: args.name.clone(),
         workers: args.workers.into(),
         max_active: args.max_active.into(),
         max_waiting: args.max_waiting,
         max_context: args.max_context.map(|n| n as usize),
+        device: open_device_blocking(&plan).await?,
         ..engines::chat::ChatOptions::default()
     };
     let path = args.engine.model.clone();
@@ -192,10 +298,11 @@ async fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
         .context("the loading thread panicked")?
         .with_context(|| format!("cannot load the chat model {}", args.engine.model.display()))?;
     println!(
-        "chat engine: {} ({} tokens of context) from {} in {} ms",
+        "chat engine: {} ({} tokens of context) from {} on {} in {} ms",
         model.name(),
         model.context_length(),
         args.engine.model.display(),
+        plan.describe(),
         started.elapsed().as_millis()
     );
     let router = engines::chat::router(Arc::new(model), engines::chat::ChatHttpLimits::default());
@@ -206,12 +313,18 @@ async fn embed(args: EngineArgs) -> anyhow::Result<ExitCode> {
     let address = args.address()?;
     let started = Instant::now();
     let dir = args.model.clone();
-    let embedder = tokio::task::spawn_blocking(move || engines::embed::Embedder::load(&dir))
-        .await
-        .context("the loading thread panicked")?
-        .with_context(|| format!("cannot load the embedding model {}", args.model.display()))?;
+    let plan = DevicePlan::for_engine(&args);
+    let options = engines::embed::EmbedderOptions {
+        device: open_device_blocking(&plan).await?,
+        ..engines::embed::EmbedderOptions::default()
+    };
+    let embedder =
+        tokio::task::spawn_blocking(move || engines::embed::Embedder::load_with(&dir, options))
+            .await
+            .context("the loading thread panicked")?
+            .with_context(|| format!("cannot load the embedding model {}", args.model.display()))?;
     println!(
-        "embed engine: {} ({} dimensions, {:?} pooling{}) from {} in {} ms",
+        "embed engine: {} ({} dimensions, {:?} pooling{}) from {} on {} in {} ms",
         embedder.name(),
         embedder.dimension(),
         embedder.pooling(),
@@ -221,6 +334,7 @@ async fn embed(args: EngineArgs) -> anyhow::Result<ExitCode> {
             ""
         },
         args.model.display(),
+        plan.describe(),
         started.elapsed().as_millis()
     );
     let router = engines::embed::router(Arc::new(embedder));
@@ -277,4 +391,98 @@ fn init_logging() {
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cpu_slot_run_uses_the_cpu() {
+        let plan = plan_device(None, Some(""), Some("cpu0"), true);
+        assert_eq!(plan, DevicePlan::Cpu { warning: None });
+        assert_eq!(plan_device(None, Some(""), Some("none"), false), plan);
+    }
+
+    #[test]
+    fn outside_flowers_the_cpu_is_the_default() {
+        assert_eq!(
+            plan_device(None, None, None, true),
+            DevicePlan::Cpu { warning: None }
+        );
+    }
+
+    #[test]
+    fn a_gpu_run_uses_cuda_in_a_cuda_build() {
+        let plan = plan_device(None, Some("GPU-5a1f"), Some("gpu0"), true);
+        assert_eq!(
+            plan,
+            DevicePlan::Cuda {
+                label: "gpu0 (GPU-5a1f)".to_string()
+            }
+        );
+        assert_eq!(plan.describe(), "the GPU gpu0 (GPU-5a1f)");
+    }
+
+    #[test]
+    fn a_gpu_run_without_the_cuda_feature_runs_on_the_cpu_and_says_why() {
+        let DevicePlan::Cpu {
+            warning: Some(warning),
+        } = plan_device(None, Some("GPU-5a1f"), Some("gpu0"), false)
+        else {
+            panic!("expected the CPU with a warning");
+        };
+        assert!(
+            warning.starts_with("CUDA_VISIBLE_DEVICES=GPU-5a1f asks for the GPU gpu0 (GPU-5a1f)")
+        );
+        assert!(warning.contains("built without CUDA (cargo feature `cuda`)"));
+        assert!(warning.contains("runs on the CPU"));
+    }
+
+    #[test]
+    fn the_flag_overrides_the_environment() {
+        assert_eq!(
+            plan_device(Some(DeviceFlag::Cpu), Some("GPU-5a1f"), Some("gpu0"), true),
+            DevicePlan::Cpu { warning: None }
+        );
+        assert_eq!(
+            plan_device(Some(DeviceFlag::Cuda), None, None, true),
+            DevicePlan::Cuda {
+                label: "CUDA device 0".to_string()
+            }
+        );
+        let DevicePlan::Cpu {
+            warning: Some(warning),
+        } = plan_device(Some(DeviceFlag::Cuda), Some(""), Some("cpu0"), false)
+        else {
+            panic!("expected the CPU with a warning");
+        };
+        assert!(warning.starts_with(
+            "--device cuda asks for the GPU CUDA device 0 (CUDA_VISIBLE_DEVICES is empty"
+        ));
+    }
+
+    #[test]
+    fn opening_the_cpu_plan_gives_the_cpu() {
+        let device = open_device(&DevicePlan::Cpu {
+            warning: Some("test".into()),
+        })
+        .unwrap();
+        assert!(device.is_cpu());
+    }
+
+    #[test]
+    fn without_the_cuda_feature_opening_cuda_is_a_clear_error() {
+        if engines::CUDA_BUILT {
+            return;
+        }
+        let error = open_device(&DevicePlan::Cuda {
+            label: "gpu0 (GPU-5a1f)".into(),
+        })
+        .unwrap_err();
+        assert!(
+            format!("{error:#}").starts_with("cannot open the GPU gpu0 (GPU-5a1f) with CUDA"),
+            "{error:#}"
+        );
+    }
 }

@@ -110,3 +110,56 @@ fn import_model_arguments_are_checked_before_anything_starts() {
         );
     }
 }
+
+/// A Run that Flowers placed on a GPU, served by a binary built without the `cuda` feature:
+/// the engine says so once on stderr and serves on the CPU instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_run_of_a_build_without_cuda_warns_and_serves_on_the_cpu() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let minilm = default_model("minilm");
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = dir.path().join("stderr");
+    let port = free_port();
+    let mut engine = std::process::Command::new(FLOWERS)
+        .args(["engine", "embed", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--model")
+        .arg(&minilm)
+        .env(
+            "CUDA_VISIBLE_DEVICES",
+            "GPU-00000000-1111-2222-3333-444444444444",
+        )
+        .env("FLOWERS_DEVICE", "gpu0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("flowers starts");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let answer = loop {
+        let response = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/v1/embeddings"))
+            .json(&serde_json::json!({ "input": ["a flower"] }))
+            .send()
+            .await;
+        if let Ok(response) = response {
+            break response.json::<serde_json::Value>().await.expect("JSON");
+        }
+        assert!(
+            engine.try_wait().unwrap().is_none(),
+            "the engine exited: {}",
+            std::fs::read_to_string(&stderr).unwrap()
+        );
+        assert!(std::time::Instant::now() < deadline, "no answer in time");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    engine.kill().unwrap();
+    engine.wait().unwrap();
+    assert_eq!(vector(&answer, 0).len(), 384);
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    let warning = "CUDA_VISIBLE_DEVICES=GPU-00000000-1111-2222-3333-444444444444 asks for the GPU \
+                   gpu0 (GPU-00000000-1111-2222-3333-444444444444), but this flowers binary was \
+                   built without CUDA";
+    assert_eq!(log.matches(warning).count(), 1, "{log}");
+    assert!(log.contains("WARN"), "{log}");
+}
