@@ -1,11 +1,14 @@
-//! Video analysis for Flowers (journey J5; plan in docs/plans/video.md). So far: motion
-//! detection without a model ([`motion`]), the first stage of every stream's pipeline, and the
-//! geometry of zones and counting lines ([`geometry`]), and tracking ([`track`]).
+//! Video analysis for Flowers (journey J5; plan in docs/plans/video.md). So far, the pure
+//! stages of a stream's pipeline: motion detection without a model ([`motion`]), tracking
+//! ([`track`]), the geometry of zones and counting lines ([`geometry`]) and the rules that turn
+//! tracks into zone, loitering and line events ([`rules`]).
 
 pub mod geometry;
 pub mod motion;
+pub mod rules;
 pub mod track;
 
 pub use geometry::{Direction, Line, Point, Polygon, Side};
 pub use motion::{downscale_half, MotionBox, MotionConfig, MotionDetector, MotionError};
+pub use rules::{anchor, CountLine, RuleEvent, Rules, Zone, ZONE_INERTIA};
 pub use track::{BoxF, Detection, Track, TrackEvent, Tracker, TrackerConfig};
