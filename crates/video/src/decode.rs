@@ -200,26 +200,13 @@ impl Drop for Decoder {
 mod tests {
     use super::*;
 
-    /// A 2-second 25 fps test pattern, made with ffmpeg itself.
+    /// A 2-second 25 fps test pattern.
     fn clip(dir: &std::path::Path) -> String {
-        let path = dir.join("testsrc.mp4");
-        let status = Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc=size=320x240:rate=25:duration=2",
-                "-pix_fmt",
-                "yuv420p",
-            ])
-            .arg(&path)
-            .status()
-            .expect("ffmpeg runs (scripts/setup installs it)");
-        assert!(status.success());
-        path.to_string_lossy().into_owned()
+        crate::test_clips::make(
+            &dir.join("testsrc.mp4"),
+            "testsrc=size=320x240:rate=25:duration=2",
+            &["-pix_fmt", "yuv420p"],
+        )
     }
 
     #[test]

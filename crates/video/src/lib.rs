@@ -8,6 +8,7 @@ pub mod decode;
 pub mod geometry;
 pub mod motion;
 pub mod rules;
+pub mod scan;
 pub mod track;
 pub mod y4m;
 
@@ -15,5 +16,33 @@ pub use decode::{DecodeError, DecodeOptions, Decoder};
 pub use geometry::{Direction, Line, Point, Polygon, Side};
 pub use motion::{downscale_half, MotionBox, MotionConfig, MotionDetector, MotionError};
 pub use rules::{anchor, CountLine, RuleEvent, Rules, Zone, ZONE_INERTIA};
+pub use scan::{scan, ScanEvent, ScanOptions, ScanReport};
 pub use track::{BoxF, Detection, Track, TrackEvent, Tracker, TrackerConfig};
 pub use y4m::{Colour, Y4mError, Y4mHeader, Y4mReader};
+
+/// Clips the tests make with ffmpeg itself (scripts/setup installs it), so nothing is fetched.
+#[cfg(test)]
+mod test_clips {
+    use std::path::Path;
+    use std::process::Command;
+
+    /// Renders the lavfi `graph` into `path` with these output options; returns the path.
+    pub(crate) fn make(path: &Path, graph: &str, output_options: &[&str]) -> String {
+        let status = Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                graph,
+            ])
+            .args(output_options)
+            .arg(path)
+            .status()
+            .expect("ffmpeg runs (scripts/setup installs it)");
+        assert!(status.success(), "ffmpeg could not make {}", path.display());
+        path.to_string_lossy().into_owned()
+    }
+}

@@ -1,0 +1,210 @@
+//! One source analysed end to end, with no model: decode ([`crate::decode`]), motion
+//! ([`crate::motion`]), tracking ([`crate::track`], motion boxes as class `motion`) and rules
+//! ([`crate::rules`]). Zones and lines are given in normalised coordinates ([0, 1] of the
+//! frame's width and height) and placed on the analysed frames' pixels once their size is known.
+
+use crate::decode::{DecodeError, DecodeOptions, Decoder};
+use crate::geometry::{Line, Point, Polygon};
+use crate::motion::{MotionConfig, MotionDetector};
+use crate::rules::{CountLine, RuleEvent, Rules, Zone};
+use crate::track::{BoxF, Detection, TrackEvent, Tracker, TrackerConfig};
+
+#[derive(Debug, Clone)]
+pub struct ScanOptions {
+    pub decode: DecodeOptions,
+    pub motion: MotionConfig,
+    pub tracker: TrackerConfig,
+    /// In normalised coordinates.
+    pub zones: Vec<Zone>,
+    /// In normalised coordinates.
+    pub lines: Vec<CountLine>,
+}
+
+/// A rule event, with the analysed frame it happened at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanEvent {
+    /// 0-based index of the analysed frame.
+    pub frame: u64,
+    pub event: RuleEvent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanReport {
+    pub frames: u64,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// Analyses `options.decode.input` to its end, handing each event to `on_event` as it happens.
+/// Frame k is at k / fps seconds (exact for constant-rate files, see [`DecodeOptions::fps`]).
+pub fn scan(
+    options: &ScanOptions,
+    mut on_event: impl FnMut(ScanEvent),
+) -> Result<ScanReport, DecodeError> {
+    let mut decoder = Decoder::start(&options.decode)?;
+    let mut tracker = Tracker::new(options.tracker);
+    let mut frame = Vec::new();
+    let mut state: Option<(MotionDetector, Rules, usize, usize)> = None;
+    let mut frames = 0u64;
+    let time_of = |k: u64| (k as f64 * 1000.0 / f64::from(options.decode.fps)).round() as i64;
+    while decoder.next_frame(&mut frame)? {
+        let (motion, rules, w, h) = match &mut state {
+            Some(state) => state,
+            None => {
+                let header = *decoder.header().expect("a frame was read");
+                let (w, h) = (header.width, header.height);
+                let motion = MotionDetector::new(w, h, options.motion).map_err(|error| {
+                    DecodeError::Failed {
+                        input: options.decode.input.clone(),
+                        reason: error.to_string(),
+                    }
+                })?;
+                let rules = Rules::new(
+                    options
+                        .zones
+                        .iter()
+                        .map(|z| to_pixels_zone(z, w, h))
+                        .collect(),
+                    options
+                        .lines
+                        .iter()
+                        .map(|l| to_pixels_line(l, w, h))
+                        .collect(),
+                );
+                state.insert((motion, rules, w, h))
+            }
+        };
+        // The frames are gray; with another layout, luma is the first plane.
+        let luma = &frame[..(*w * *h).min(frame.len())];
+        let boxes = motion.detect(luma).map_err(|error| DecodeError::Failed {
+            input: options.decode.input.clone(),
+            reason: error.to_string(),
+        })?;
+        let detections: Vec<Detection> = boxes
+            .iter()
+            .map(|b| Detection {
+                bbox: BoxF::new(b.x0 as f32, b.y0 as f32, b.x1 as f32, b.y1 as f32),
+                score: 1.0,
+                class: "motion".to_string(),
+            })
+            .collect();
+        let time_ms = time_of(frames);
+        let tracked = tracker.update(time_ms, &detections);
+        for event in rules.apply(time_ms, &tracked) {
+            on_event(ScanEvent {
+                frame: frames,
+                event,
+            });
+        }
+        frames += 1;
+    }
+    let (width, height) = match &mut state {
+        Some((_, rules, w, h)) => {
+            let ended: Vec<TrackEvent> = tracker.finish();
+            for event in rules.apply(time_of(frames), &ended) {
+                on_event(ScanEvent {
+                    frame: frames,
+                    event,
+                });
+            }
+            (*w, *h)
+        }
+        None => (0, 0),
+    };
+    Ok(ScanReport {
+        frames,
+        width,
+        height,
+    })
+}
+
+fn to_pixels(p: Point, width: usize, height: usize) -> Point {
+    Point::new(p.x * width as f32, p.y * height as f32)
+}
+
+fn to_pixels_zone(zone: &Zone, width: usize, height: usize) -> Zone {
+    Zone {
+        polygon: Polygon {
+            points: zone
+                .polygon
+                .points
+                .iter()
+                .map(|&p| to_pixels(p, width, height))
+                .collect(),
+        },
+        ..zone.clone()
+    }
+}
+
+fn to_pixels_line(line: &CountLine, width: usize, height: usize) -> CountLine {
+    CountLine {
+        name: line.name.clone(),
+        line: Line {
+            a: to_pixels(line.line.a, width, height),
+            b: to_pixels(line.line.b, width, height),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geometry::Direction;
+
+    /// The plan's crossing clip (docs/plans/video.md §8): 5 s of black at 640×360; from 1 s a
+    /// white 40 px square moves right along the top at 500 px/s, from 2 s another moves left
+    /// along the bottom. Both cross x = 330 once.
+    fn crossing_clip(dir: &std::path::Path) -> String {
+        crate::test_clips::make(
+            &dir.join("cross.mp4"),
+            "color=c=black:s=640x360:r=25:d=5[bg];color=c=white:s=40x40:r=25:d=5[a];\
+             color=c=white:s=40x40:r=25:d=5[b];\
+             [bg][a]overlay=x='500*(t-1)':y=60:enable='gte(t,1)':shortest=1[t1];\
+             [t1][b]overlay=x='600-500*(t-2)':y=260:enable='gte(t,2)':shortest=1,format=yuv420p",
+            &["-c:v", "libx264", "-preset", "veryfast", "-g", "25"],
+        )
+    }
+
+    #[test]
+    fn the_crossing_clip_crosses_the_line_exactly_twice_once_each_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = ScanOptions {
+            // 25 analysed frames a second: the squares move 20 px a frame, so their motion
+            // boxes overlap from frame to frame, which IoU tracking needs.
+            decode: DecodeOptions {
+                fps: 25.0,
+                width: 640,
+                ..DecodeOptions::new(crossing_clip(dir.path()))
+            },
+            motion: MotionConfig::default(),
+            tracker: TrackerConfig::default(),
+            zones: vec![],
+            lines: vec![CountLine {
+                name: "x330".to_string(),
+                // Drawn bottom to top: walking up it, the left is the image's left.
+                line: Line {
+                    a: Point::new(0.515625, 1.0),
+                    b: Point::new(0.515625, 0.0),
+                },
+            }],
+        };
+        let mut events = Vec::new();
+        let report = scan(&options, |event| events.push(event)).unwrap();
+        assert_eq!((report.width, report.height), (640, 360));
+        assert_eq!(report.frames, 125);
+        let crossed: Vec<(Direction, u64)> = events
+            .iter()
+            .filter_map(|e| match &e.event {
+                RuleEvent::LineCrossed { direction, .. } => Some((*direction, e.frame)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(crossed.len(), 2, "{events:?}");
+        assert_eq!(crossed[0].0, Direction::LeftToRight);
+        assert_eq!(crossed[1].0, Direction::RightToLeft);
+        // The top square's centre passes 330 at t = 1.62 s (frame 40.5 of 25 fps); the
+        // bottom one's at t = 2.58 s (frame 64.5).
+        assert!((40..=42).contains(&crossed[0].1), "{crossed:?}");
+        assert!((64..=66).contains(&crossed[1].1), "{crossed:?}");
+    }
+}
