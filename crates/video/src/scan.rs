@@ -3,9 +3,11 @@
 //! ([`crate::rules`]). Zones and lines are given in normalised coordinates ([0, 1] of the
 //! frame's width and height) and placed on the analysed frames' pixels once their size is known.
 
+use thiserror::Error;
+
 use crate::decode::{DecodeError, DecodeOptions, Decoder};
 use crate::geometry::{Line, Point, Polygon};
-use crate::motion::{MotionConfig, MotionDetector};
+use crate::motion::{MotionConfig, MotionDetector, MotionError};
 use crate::rules::{CountLine, RuleEvent, Rules, Zone};
 use crate::track::{BoxF, Detection, TrackEvent, Tracker, TrackerConfig};
 
@@ -28,6 +30,15 @@ pub struct ScanEvent {
     pub event: RuleEvent,
 }
 
+#[derive(Debug, Error)]
+pub enum ScanError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The frames did not fit the motion stage (a size it refuses).
+    #[error("{input}: motion analysis: {error}")]
+    Motion { input: String, error: MotionError },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScanReport {
     pub frames: u64,
@@ -40,12 +51,16 @@ pub struct ScanReport {
 pub fn scan(
     options: &ScanOptions,
     mut on_event: impl FnMut(ScanEvent),
-) -> Result<ScanReport, DecodeError> {
+) -> Result<ScanReport, ScanError> {
     let mut decoder = Decoder::start(&options.decode)?;
     let mut tracker = Tracker::new(options.tracker);
     let mut frame = Vec::new();
     let mut state: Option<(MotionDetector, Rules, usize, usize)> = None;
     let mut frames = 0u64;
+    let motion_error = |error| ScanError::Motion {
+        input: options.decode.input.clone(),
+        error,
+    };
     let time_of = |k: u64| (k as f64 * 1000.0 / f64::from(options.decode.fps)).round() as i64;
     while decoder.next_frame(&mut frame)? {
         let (motion, rules, w, h) = match &mut state {
@@ -53,12 +68,7 @@ pub fn scan(
             None => {
                 let header = *decoder.header().expect("a frame was read");
                 let (w, h) = (header.width, header.height);
-                let motion = MotionDetector::new(w, h, options.motion).map_err(|error| {
-                    DecodeError::Failed {
-                        input: options.decode.input.clone(),
-                        reason: error.to_string(),
-                    }
-                })?;
+                let motion = MotionDetector::new(w, h, options.motion).map_err(&motion_error)?;
                 let rules = Rules::new(
                     options
                         .zones
@@ -76,10 +86,7 @@ pub fn scan(
         };
         // The frames are gray; with another layout, luma is the first plane.
         let luma = &frame[..(*w * *h).min(frame.len())];
-        let boxes = motion.detect(luma).map_err(|error| DecodeError::Failed {
-            input: options.decode.input.clone(),
-            reason: error.to_string(),
-        })?;
+        let boxes = motion.detect(luma).map_err(&motion_error)?;
         let detections: Vec<Detection> = boxes
             .iter()
             .map(|b| Detection {

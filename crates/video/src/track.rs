@@ -194,11 +194,10 @@ impl Tracker {
             }
         }
         // Tracks unseen too long end (reported when they had counted).
-        let lost_after = self.config.lost_after_ms;
         let config = self.config;
         let mut kept = Vec::with_capacity(self.tracks.len());
         for track in self.tracks.drain(..) {
-            if time_ms - track.last_ms > lost_after {
+            if time_ms - track.last_ms > config.lost_after_ms {
                 if track.confirmed(&config) {
                     events.push(TrackEvent::Ended(track));
                 }
