@@ -16,10 +16,10 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use domain::{ByteSize, JobSpec, ModelSpec, Name, ServiceSpec};
+use domain::{ByteSize, JobSpec, ModelSpec, Name, ServiceSpec, VideoConfig};
 
 pub use error::{ConfigError, Problem};
-pub use run_time::{job_from_json, service_from_json};
+pub use run_time::{job_from_json, service_from_json, video_stream_from_json};
 
 /// The configuration Flowers runs with when no `flowers.toml` is given; every key is
 /// documented in it.
@@ -42,6 +42,8 @@ pub struct Config {
     /// `[models.NAME]` tables, plus every model a service or job names without declaring it
     /// (manual promotion, default retention).
     pub models: BTreeMap<Name, ModelSpec>,
+    /// `[video]`: streams the video service analyses (empty when the file has no table).
+    pub video: VideoConfig,
     pub source: ConfigSource,
 }
 
@@ -257,6 +259,7 @@ fn build(
         models: with_implied_models(file.models, &file.services, &file.jobs),
         services: file.services,
         jobs: file.jobs,
+        video: file.video.unwrap_or_default(),
         source,
     })
 }

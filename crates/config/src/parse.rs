@@ -19,6 +19,8 @@ use toml_edit::{Item, TableLike, Value};
 
 use crate::Problem;
 
+mod video;
+
 /// The longest grace period between SIGTERM and SIGKILL; longer would make a stuck Run hold
 /// its device (and `flowers down`) hostage for too long.
 const MAX_STOP_GRACE: Duration = Duration::from_secs(3600);
@@ -29,7 +31,9 @@ const DEFAULT_JOB_RESTART_BACKOFF: Duration = Duration::from_secs(1);
 /// Smaller rotated log files would rotate on every few lines of a chatty service.
 const MIN_LOG_SIZE: u64 = 4 * ByteSize::KIB;
 
-const ROOT_KEYS: &[&str] = &["server", "devices", "logs", "models", "services", "jobs"];
+const ROOT_KEYS: &[&str] = &[
+    "server", "devices", "logs", "models", "services", "jobs", "video",
+];
 const SERVER_KEYS: &[&str] = &["gateway_listen", "api_listen", "data_dir", "access_log"];
 const DEVICES_KEYS: &[&str] = &["cpu_slots"];
 const LOGS_KEYS: &[&str] = &["max_size", "keep", "keep_runs"];
@@ -102,6 +106,7 @@ pub(crate) struct FileLayer {
     pub services: BTreeMap<Name, ServiceSpec>,
     pub jobs: BTreeMap<Name, JobSpec>,
     pub models: BTreeMap<Name, ModelSpec>,
+    pub video: Option<domain::VideoConfig>,
 }
 
 /// Parses and validates `text`. `origin` names the file in problems; relative paths in it are
@@ -343,6 +348,7 @@ impl Walker<'_> {
                 layer.jobs.insert(spec.name.clone(), spec);
             }
         }
+        layer.video = self.video(&root);
         layer
     }
 

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use domain::{JobSpec, Name, ServiceSpec};
+use domain::{JobSpec, Name, ServiceSpec, StreamSpec};
 use serde_json::Value as Json;
 use toml_edit::{Array, DocumentMut, InlineTable, Item, Table, Value};
 
@@ -40,11 +40,57 @@ fn problem(field: &str, message: String) -> Problem {
     }
 }
 
-fn parse_one(
+/// A stream from the JSON form of its `[video.streams.NAME]` table (`PUT
+/// /video/v1/streams/NAME`). A file `url` must be absolute.
+pub fn video_stream_from_json(name: &str, body: &Json) -> Result<StreamSpec, ConfigError> {
+    let mut document = DocumentMut::new();
+    let mut streams = Table::new();
+    streams.set_implicit(true);
+    streams.insert(
+        name,
+        Item::Table(table_from_json(
+            "video.streams",
+            name,
+            body,
+            |object| match object.get("url").and_then(Json::as_str) {
+                Some(url) if !url.contains("://") && !url.trim().is_empty() => {
+                    absolute_path("url", url)
+                }
+                _ => None,
+            },
+        )?),
+    );
+    let mut video = Table::new();
+    video.set_implicit(true);
+    video.insert("streams", Item::Table(streams));
+    document.insert("video", Item::Table(video));
+    let mut layer = parse_document(&document, &format!("video.streams.{name}"))?;
+    let mut video = layer.video.take().unwrap_or_default();
+    Ok(video
+        .streams
+        .pop_first()
+        .expect("a table that parsed without problems is one stream")
+        .1)
+}
+
+/// A problem unless `path` is absolute: there is no file for a relative one to be relative to.
+fn absolute_path(field: &str, path: &str) -> Option<Problem> {
+    (!Path::new(path).is_absolute()).then(|| {
+        problem(
+            field,
+            format!("expected an absolute path on the machine Flowers runs on, got {path:?}"),
+        )
+    })
+}
+
+/// The TOML table of one `[SECTION.NAME]` from its JSON form; `check` adds what only a request
+/// can get wrong.
+fn table_from_json(
     section: &str,
     name: &str,
     body: &Json,
-) -> Result<(Vec<ServiceSpec>, Vec<JobSpec>), ConfigError> {
+    check: impl FnOnce(&serde_json::Map<String, Json>) -> Option<Problem>,
+) -> Result<Table, ConfigError> {
     let mut problems = Vec::new();
     if let Err(error) = Name::new(name) {
         problems.push(problem("name", error.to_string()));
@@ -59,16 +105,7 @@ fn parse_one(
         ));
         return Err(ConfigError { problems });
     };
-    if let Some(workdir) = object.get("workdir").and_then(Json::as_str) {
-        if !Path::new(workdir).is_absolute() {
-            problems.push(problem(
-                "workdir",
-                format!(
-                    "expected an absolute path on the machine Flowers runs on, got {workdir:?}"
-                ),
-            ));
-        }
-    }
+    problems.extend(check(object));
     let mut table = Table::new();
     for (key, value) in object {
         match to_toml(value) {
@@ -81,22 +118,41 @@ fn parse_one(
     if !problems.is_empty() {
         return Err(ConfigError { problems });
     }
+    Ok(table)
+}
+
+fn parse_one(
+    section: &str,
+    name: &str,
+    body: &Json,
+) -> Result<(Vec<ServiceSpec>, Vec<JobSpec>), ConfigError> {
+    let table = table_from_json(section, name, body, |object| {
+        let workdir = object.get("workdir").and_then(Json::as_str)?;
+        absolute_path("workdir", workdir)
+    })?;
     let mut owners = Table::new();
     owners.set_implicit(true);
     owners.insert(name, Item::Table(table));
     let mut document = DocumentMut::new();
     document.insert(section, Item::Table(owners));
+    let mut layer = parse_document(&document, &format!("{section}.{name}"))?;
+    Ok((
+        std::mem::take(&mut layer.services).into_values().collect(),
+        std::mem::take(&mut layer.jobs).into_values().collect(),
+    ))
+}
 
-    let (mut layer, found) = parse::parse_file(&document.to_string(), ORIGIN, Path::new("/"));
+/// Parses a document made from JSON; problems name fields under `prefix` as the JSON does.
+fn parse_document(document: &DocumentMut, prefix: &str) -> Result<parse::FileLayer, ConfigError> {
+    let (layer, found) = parse::parse_file(&document.to_string(), ORIGIN, Path::new("/"));
     if !found.is_empty() {
-        let prefix = format!("{section}.{name}");
         let problems = found
             .into_iter()
             .map(|mut problem| {
                 // Lines of the TOML made from the JSON mean nothing to the caller; fields are
                 // named as the JSON names them.
                 problem.line = None;
-                problem.field = match problem.field.strip_prefix(&prefix) {
+                problem.field = match problem.field.strip_prefix(prefix) {
                     Some(rest) => rest.trim_start_matches('.').to_string(),
                     None => problem.field,
                 };
@@ -105,10 +161,7 @@ fn parse_one(
             .collect();
         return Err(ConfigError { problems });
     }
-    Ok((
-        std::mem::take(&mut layer.services).into_values().collect(),
-        std::mem::take(&mut layer.jobs).into_values().collect(),
-    ))
+    Ok(layer)
 }
 
 fn kind(value: &Json) -> &'static str {

@@ -992,3 +992,150 @@ fn promote_policy_mistakes_are_explained() {
         problems("[services.Big]\ncommand = [\"x\"]\n")[0].replace("services.Big", "models.Big")
     );
 }
+
+#[test]
+fn a_video_stream_with_zones_lines_and_masks_loads() {
+    let config = load(
+        r#"
+[video.streams.front]
+url = "rtsp://user:pw@192.168.1.20:554/stream2"
+fps = 2.5
+width = 1280
+rtsp_transport = "udp"
+objects = ["person", "car"]
+min_score = 0.4
+masks = [[[0.0, 0.0], [1.0, 0.0], [1.0, 0.08], [0.0, 0.08]]]
+[video.streams.front.zones.driveway]
+polygon = [[0.1, 0.5], [0.9, 0.5], [0.9, 1], [0.1, 1]]
+loiter_after = "30s"
+[video.streams.front.lines.gate]
+from = [0.5, 0.0]
+to = [0.5, 1.0]
+
+[video.streams.archive]
+url = "recordings/cam1.mp4"
+
+[video.motion]
+threshold = 30
+[video.retention]
+max_age = "7d"
+max_size = "2GiB"
+"#,
+    )
+    .unwrap();
+    let front = &config.video.streams[&name("front")];
+    assert_eq!(front.url, "rtsp://user:pw@192.168.1.20:554/stream2");
+    assert_eq!((front.fps, front.width), (2.5, 1280));
+    assert_eq!(front.rtsp_transport, domain::RtspTransport::Udp);
+    assert_eq!(front.objects, ["person", "car"]);
+    assert_eq!(front.min_score, 0.4);
+    assert_eq!(front.masks[0].len(), 4);
+    let zone = &front.zones[&name("driveway")];
+    assert_eq!(zone.polygon[2], [0.9, 1.0]);
+    assert_eq!(zone.loiter_after, Some(Duration::from_secs(30)));
+    assert_eq!(front.lines[&name("gate")].to, [0.5, 1.0]);
+    // A relative file is taken from the config file's directory, as workdirs are.
+    let archive = &config.video.streams[&name("archive")];
+    assert_eq!(archive.url, "recordings/cam1.mp4");
+    assert_eq!((archive.fps, archive.width), (5.0, 640));
+    assert!(!archive.is_live());
+    assert_eq!(config.video.motion.threshold, 30);
+    assert_eq!(config.video.motion.alpha, 0.05);
+    assert_eq!(
+        config.video.retention.max_age,
+        Duration::from_secs(7 * 86400)
+    );
+    assert_eq!(config.video.retention.max_size, ByteSize::gib(2));
+    // No [video] table: no streams, default motion and retention.
+    assert_eq!(load("").unwrap().video, domain::VideoConfig::default());
+}
+
+#[test]
+fn bad_video_values_are_refused_where_written() {
+    let found = problems(
+        r#"[video.streams.front]
+url = "ftp://cam/1"
+fps = 0
+width = 8000
+hwaccel = "nvdec"
+min_score = 1.5
+masks = [[[0.0, 0.0], [1.0, 0.0]]]
+[video.streams.front.zones.door]
+polygon = [[0.1, 0.1], [0.2, 0.2], [1.2, 0.3]]
+[video.streams.front.lines.gate]
+from = [0.5, 0.0]
+[video.streams.Back]
+url = "http:///nohost"
+[video.streams.side]
+fps = 5
+[video.streams.flat.zones.z]
+polygon = [[0.0, 0.0], [0.5, 0.5], [1.0, 1.0]]
+[video.motion]
+alpha = 0
+treshold = 3
+"#,
+    );
+    let expected = [
+        "flowers.toml:2: video.streams.front.url: the scheme \"ftp\" is not read; use rtsp, rtsps, http or https, or a file path",
+        "flowers.toml:3: video.streams.front.fps: expected frames per second above 0 and at most 30, got 0",
+        "flowers.toml:4: video.streams.front.width: expected an integer 16..=7680, got 8000",
+        "flowers.toml:5: video.streams.front.hwaccel: expected \"auto\", \"cuda\" or \"none\", got \"nvdec\"",
+        "flowers.toml:6: video.streams.front.min_score: expected a number from 0 and at most 1, got 1.5",
+        "flowers.toml:7: video.streams.front.masks: polygon 1: a polygon needs 3 to 256 points, got 2",
+        "flowers.toml:9: video.streams.front.zones.door.polygon: point 3: the point is outside the frame: coordinates are fractions of its width and height, each in [0, 1]",
+        "flowers.toml:10: video.streams.front.lines.gate.to: missing; give a point [x, y] with each in [0, 1]",
+        "flowers.toml:12: video.streams.Back: expected a name of lowercase letters, digits and '-', starting with a letter, at most 48 characters; got \"Back\"",
+        "flowers.toml:13: video.streams.Back.url: \"http:///nohost\" names no host",
+        "flowers.toml:14: video.streams.side.url: missing; give an rtsp://, rtsps://, http:// or https:// URL or a file path",
+        "flowers.toml:16: video.streams.flat.url: missing; give an rtsp://, rtsps://, http:// or https:// URL or a file path",
+        "flowers.toml:17: video.streams.flat.zones.z.polygon: the polygon encloses no area (its points are on one line)",
+        "flowers.toml:19: video.motion.alpha: expected a number above 0 and at most 1, got 0",
+        "flowers.toml:20: video.motion.treshold: unknown key; did you mean `threshold`?",
+    ];
+    let mut sorted = found.clone();
+    sorted.sort();
+    let mut wanted: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    wanted.sort();
+    assert_eq!(sorted, wanted, "{found:#?}");
+}
+
+#[test]
+fn a_video_stream_from_json_gets_the_files_defaults_and_checks() {
+    let spec = video_stream_from_json(
+        "yard",
+        &serde_json::json!({"url": "/srv/yard.mp4", "lines": {"gate": {"from": [0, 0], "to": [1, 1]}}}),
+    )
+    .unwrap();
+    assert_eq!(spec.url, "/srv/yard.mp4");
+    assert_eq!(spec.fps, 5.0);
+    assert_eq!(spec.lines[&name("gate")].to, [1.0, 1.0]);
+    let messages = |result: Result<domain::StreamSpec, ConfigError>| -> Vec<String> {
+        result
+            .unwrap_err()
+            .problems
+            .iter()
+            .map(Problem::to_string)
+            .collect()
+    };
+    assert_eq!(
+        messages(video_stream_from_json("yard", &serde_json::json!({"url": "yard.mp4"}))),
+        ["request body: url: expected an absolute path on the machine Flowers runs on, got \"yard.mp4\""]
+    );
+    assert_eq!(
+        messages(video_stream_from_json(
+            "yard",
+            &serde_json::json!({"url": "rtsp://cam/1", "fps": 99, "zones": {"z": {"polygon": [[0, 0]]}}})
+        )),
+        [
+            "request body: fps: expected frames per second above 0 and at most 30, got 99",
+            "request body: zones.z.polygon: a polygon needs 3 to 256 points, got 1"
+        ]
+    );
+    assert_eq!(
+        messages(video_stream_from_json("Yard", &serde_json::json!([]))),
+        [
+            "request body: name: expected a name of lowercase letters, digits and '-', starting with a letter, at most 48 characters; got \"Yard\"",
+            "request body: expected a JSON object with the keys of a [video.streams.NAME] table, got an array"
+        ]
+    );
+}

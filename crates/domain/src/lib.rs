@@ -13,6 +13,7 @@ mod model;
 mod name;
 mod run;
 mod spec;
+mod video;
 
 pub use api_key::{ApiKeyDigest, ApiKeyDigestError};
 pub use bytes::{ByteSize, ByteSizeError};
@@ -24,6 +25,11 @@ pub use run::{ExitStatus, OwnerKind, Progress, RunId, RunOwner, RunState};
 pub use spec::{
     JobSpec, ProbeSpec, ReplaceStrategy, ResourceRequest, RestartPolicy, RestartSpec, RouteSpec,
     ServiceSpec,
+};
+
+pub use video::{
+    HwAccel, LineSpec, MotionSpec, NormPoint, RetentionSpec, RtspTransport, StreamSpec,
+    VideoConfig, ZoneSpec, DEFAULT_VIDEO_FPS, DEFAULT_VIDEO_WIDTH, MAX_VIDEO_FPS,
 };
 
 /// Milliseconds since the Unix epoch, the one clock every record in Flowers is stamped with.
