@@ -2,8 +2,10 @@
 //! stages of a stream's pipeline: motion detection without a model ([`motion`]), tracking
 //! ([`track`]), the geometry of zones and counting lines ([`geometry`]) and the rules that turn
 //! tracks into zone, loitering and line events ([`rules`]); and decoding with an `ffmpeg` child
-//! ([`decode`]) whose frames [`y4m`] reads. JPEG snapshots of what was seen: [`snapshot`].
+//! ([`decode`]) whose frames [`y4m`] reads. The service's storage: objects, events and streams
+//! in `video.sqlite` with retention ([`db`]), and JPEG snapshots ([`snapshot`]).
 
+pub mod db;
 pub mod decode;
 pub mod geometry;
 pub mod motion;
@@ -13,6 +15,10 @@ pub mod snapshot;
 pub mod track;
 pub mod y4m;
 
+pub use db::{
+    DbError, Event, EventKind, EventQuery, NewEvent, Object, ObjectQuery, Retention, SweepReport,
+    UnknownEventKind, VideoDb,
+};
 pub use decode::{DecodeError, DecodeOptions, Decoder};
 pub use geometry::{Direction, Line, Point, Polygon, Side};
 pub use motion::{downscale_half, MotionBox, MotionConfig, MotionDetector, MotionError};
