@@ -322,6 +322,7 @@ pub struct EventQuery {
     pub class: Option<String>,
     pub zone: Option<String>,
     pub after_id: Option<i64>,
+    /// The most events returned; the caller bounds it (0 returns none).
     pub limit: usize,
 }
 
@@ -353,6 +354,7 @@ pub struct ObjectQuery {
     /// `Some(true)`: only open objects; `Some(false)`: only ended ones.
     pub open: Option<bool>,
     pub after_id: Option<i64>,
+    /// The most objects returned; the caller bounds it (0 returns none).
     pub limit: usize,
 }
 
