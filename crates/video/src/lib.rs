@@ -2,21 +2,29 @@
 //! stages of a stream's pipeline: motion detection without a model ([`motion`]), tracking
 //! ([`track`]), the geometry of zones and counting lines ([`geometry`]) and the rules that turn
 //! tracks into zone, loitering and line events ([`rules`]); and decoding with an `ffmpeg` child
-//! ([`decode`]) whose frames [`y4m`] reads.
+//! ([`decode`]) whose frames [`y4m`] reads. The service's storage: objects, events and streams
+//! in `video.sqlite` with retention ([`db`]), and JPEG snapshots ([`snapshot`]).
 
+pub mod db;
 pub mod decode;
 pub mod geometry;
 pub mod motion;
 pub mod rules;
 pub mod scan;
+pub mod snapshot;
 pub mod track;
 pub mod y4m;
 
+pub use db::{
+    DbError, Event, EventKind, EventQuery, NewEvent, Object, ObjectQuery, Retention, SweepReport,
+    UnknownEventKind, VideoDb,
+};
 pub use decode::{DecodeError, DecodeOptions, Decoder};
 pub use geometry::{Direction, Line, Point, Polygon, Side};
 pub use motion::{downscale_half, MotionBox, MotionConfig, MotionDetector, MotionError};
 pub use rules::{anchor, CountLine, RuleEvent, Rules, Zone, ZONE_INERTIA};
 pub use scan::{scan, ScanError, ScanEvent, ScanOptions, ScanReport};
+pub use snapshot::{crop_around, Frame, Layout, Rect, SnapshotError};
 pub use track::{BoxF, Detection, Track, TrackEvent, Tracker, TrackerConfig};
 pub use y4m::{Colour, Y4mError, Y4mHeader, Y4mReader};
 
