@@ -17,7 +17,7 @@ pub use geometry::{Direction, Line, Point, Polygon, Side};
 pub use motion::{downscale_half, MotionBox, MotionConfig, MotionDetector, MotionError};
 pub use rules::{anchor, CountLine, RuleEvent, Rules, Zone, ZONE_INERTIA};
 pub use scan::{scan, ScanError, ScanEvent, ScanOptions, ScanReport};
-pub use track::{BoxF, Detection, Track, TrackEvent, Tracker, TrackerConfig};
+pub use track::{BoxF, Detection, Track, TrackEvent, Tracker, TrackerConfig, TrackerError};
 pub use y4m::{Colour, Y4mError, Y4mHeader, Y4mReader};
 
 /// Clips the tests make with ffmpeg itself (scripts/setup installs it), so nothing is fetched.

@@ -9,7 +9,7 @@ use crate::decode::{DecodeError, DecodeOptions, Decoder};
 use crate::geometry::{Line, Point, Polygon};
 use crate::motion::{MotionConfig, MotionDetector, MotionError};
 use crate::rules::{CountLine, RuleEvent, Rules, Zone};
-use crate::track::{BoxF, Detection, TrackEvent, Tracker, TrackerConfig};
+use crate::track::{BoxF, Detection, TrackEvent, Tracker, TrackerConfig, TrackerError};
 
 #[derive(Debug, Clone)]
 pub struct ScanOptions {
@@ -20,6 +20,19 @@ pub struct ScanOptions {
     pub zones: Vec<Zone>,
     /// In normalised coordinates.
     pub lines: Vec<CountLine>,
+}
+
+impl ScanOptions {
+    /// `input` at the default rate and width, with no zones and no lines.
+    pub fn new(input: impl Into<String>) -> ScanOptions {
+        ScanOptions {
+            decode: DecodeOptions::new(input),
+            motion: MotionConfig::default(),
+            tracker: TrackerConfig::default(),
+            zones: Vec::new(),
+            lines: Vec::new(),
+        }
+    }
 }
 
 /// A rule event, with the analysed frame it happened at.
@@ -37,6 +50,8 @@ pub enum ScanError {
     /// The frames did not fit the motion stage (a size it refuses).
     #[error("{input}: motion analysis: {error}")]
     Motion { input: String, error: MotionError },
+    #[error(transparent)]
+    Tracker(#[from] TrackerError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +67,7 @@ pub fn scan(
     options: &ScanOptions,
     mut on_event: impl FnMut(ScanEvent),
 ) -> Result<ScanReport, ScanError> {
+    options.tracker.validate()?;
     let mut decoder = Decoder::start(&options.decode)?;
     let mut tracker = Tracker::new(options.tracker);
     let mut frame = Vec::new();
@@ -172,40 +188,42 @@ mod tests {
         )
     }
 
-    #[test]
-    fn the_crossing_clip_crosses_the_line_exactly_twice_once_each_way() {
-        let dir = tempfile::tempdir().unwrap();
-        let options = ScanOptions {
-            // 25 analysed frames a second: the squares move 20 px a frame, so their motion
-            // boxes overlap from frame to frame, which IoU tracking needs.
-            decode: DecodeOptions {
-                fps: 25.0,
-                width: 640,
-                ..DecodeOptions::new(crossing_clip(dir.path()))
+    /// The line x = 330 of 640, drawn bottom to top: walking up it, the left is the image's
+    /// left.
+    fn x330() -> CountLine {
+        CountLine {
+            name: "x330".to_string(),
+            line: Line {
+                a: Point::new(0.515625, 1.0),
+                b: Point::new(0.515625, 0.0),
             },
-            motion: MotionConfig::default(),
-            tracker: TrackerConfig::default(),
-            zones: vec![],
-            lines: vec![CountLine {
-                name: "x330".to_string(),
-                // Drawn bottom to top: walking up it, the left is the image's left.
-                line: Line {
-                    a: Point::new(0.515625, 1.0),
-                    b: Point::new(0.515625, 0.0),
-                },
-            }],
-        };
-        let mut events = Vec::new();
-        let report = scan(&options, |event| events.push(event)).unwrap();
-        assert_eq!((report.width, report.height), (640, 360));
-        assert_eq!(report.frames, 125);
-        let crossed: Vec<(Direction, u64)> = events
+        }
+    }
+
+    /// The line crossings of a scan: direction and analysed frame.
+    fn crossings(events: &[ScanEvent]) -> Vec<(Direction, u64)> {
+        events
             .iter()
             .filter_map(|e| match &e.event {
                 RuleEvent::LineCrossed { direction, .. } => Some((*direction, e.frame)),
                 _ => None,
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn the_crossing_clip_crosses_the_line_exactly_twice_once_each_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = ScanOptions::new(crossing_clip(dir.path()));
+        // 25 analysed frames a second: the squares move 20 px a frame, so their motion boxes
+        // overlap from frame to frame.
+        options.decode.fps = 25.0;
+        options.lines = vec![x330()];
+        let mut events = Vec::new();
+        let report = scan(&options, |event| events.push(event)).unwrap();
+        assert_eq!((report.width, report.height), (640, 360));
+        assert_eq!(report.frames, 125);
+        let crossed = crossings(&events);
         assert_eq!(crossed.len(), 2, "{events:?}");
         assert_eq!(crossed[0].0, Direction::LeftToRight);
         assert_eq!(crossed[1].0, Direction::RightToLeft);
@@ -213,5 +231,24 @@ mod tests {
         // bottom one's at t = 2.58 s (frame 64.5).
         assert!((40..=42).contains(&crossed[0].1), "{crossed:?}");
         assert!((64..=66).contains(&crossed[1].1), "{crossed:?}");
+    }
+
+    #[test]
+    fn at_the_default_5_fps_the_crossing_clip_crosses_where_the_plan_computes() {
+        // The squares jump 100 px, 2.5 of their sizes, between analysed frames: their boxes
+        // never overlap, and the tracker's distance gate keeps each one track.
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = ScanOptions::new(crossing_clip(dir.path()));
+        options.lines = vec![x330()];
+        let mut events = Vec::new();
+        let report = scan(&options, |event| events.push(event)).unwrap();
+        assert_eq!(report.frames, 25);
+        // The top square's centre is at 319.5 in frame 8 and 419.5 in frame 9; the bottom
+        // one's at 419.5 in frame 12 and 317.5 in frame 13 (docs/plans/video.md §8).
+        assert_eq!(
+            crossings(&events),
+            vec![(Direction::LeftToRight, 9), (Direction::RightToLeft, 13)],
+            "{events:?}"
+        );
     }
 }
