@@ -13,8 +13,8 @@ pub mod track;
 pub mod y4m;
 
 pub use decode::{DecodeError, DecodeOptions, Decoder};
-pub use geometry::{Direction, Line, Point, Polygon, Side};
-pub use motion::{downscale_half, MotionBox, MotionConfig, MotionDetector, MotionError};
+pub use geometry::{Direction, Line, NormalisedPolygon, Point, Polygon, PolygonError, Side};
+pub use motion::{downscale_half, mask_of, MotionBox, MotionConfig, MotionDetector, MotionError};
 pub use rules::{anchor, CountLine, RuleEvent, Rules, Zone, ZONE_INERTIA};
 pub use scan::{scan, ScanError, ScanEvent, ScanOptions, ScanReport};
 pub use track::{BoxF, Detection, Track, TrackEvent, Tracker, TrackerConfig, TrackerError};

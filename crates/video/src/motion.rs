@@ -18,6 +18,8 @@
 
 use thiserror::Error;
 
+use crate::geometry::{Point, Polygon};
+
 /// How motion is told from noise.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MotionConfig {
@@ -216,6 +218,19 @@ impl MotionDetector {
             *background = next as u16;
         }
     }
+}
+
+/// The mask of these polygons (in pixels) for [`MotionDetector::set_mask`]: a pixel is masked
+/// when its centre is inside one of them.
+pub fn mask_of(polygons: &[Polygon], width: usize, height: usize) -> Vec<bool> {
+    let mut mask = vec![false; width * height];
+    for y in 0..height {
+        for x in 0..width {
+            let centre = Point::new(x as f32 + 0.5, y as f32 + 0.5);
+            mask[y * width + x] = polygons.iter().any(|polygon| polygon.contains(centre));
+        }
+    }
+    mask
 }
 
 /// A weight in (0, 1] as 8.8 fixed point, at least 1.

@@ -6,8 +6,8 @@
 use thiserror::Error;
 
 use crate::decode::{DecodeError, DecodeOptions, Decoder};
-use crate::geometry::{Line, Point, Polygon};
-use crate::motion::{MotionConfig, MotionDetector, MotionError};
+use crate::geometry::{Line, NormalisedPolygon, Point, Polygon};
+use crate::motion::{mask_of, MotionConfig, MotionDetector, MotionError};
 use crate::rules::{CountLine, RuleEvent, Rules, Zone};
 use crate::track::{BoxF, Detection, TrackEvent, Tracker, TrackerConfig, TrackerError};
 
@@ -20,6 +20,8 @@ pub struct ScanOptions {
     pub zones: Vec<Zone>,
     /// In normalised coordinates.
     pub lines: Vec<CountLine>,
+    /// Where motion is never seen (a timestamp, a tree in the wind).
+    pub masks: Vec<NormalisedPolygon>,
 }
 
 impl ScanOptions {
@@ -31,6 +33,7 @@ impl ScanOptions {
             tracker: TrackerConfig::default(),
             zones: Vec::new(),
             lines: Vec::new(),
+            masks: Vec::new(),
         }
     }
 }
@@ -88,7 +91,15 @@ pub fn scan(
             None => {
                 let header = *decoder.header().expect("a frame was read");
                 let (w, h) = (header.width, header.height);
-                let motion = MotionDetector::new(w, h, options.motion).map_err(&motion_error)?;
+                let mut motion =
+                    MotionDetector::new(w, h, options.motion).map_err(&motion_error)?;
+                if !options.masks.is_empty() {
+                    let polygons: Vec<Polygon> =
+                        options.masks.iter().map(|m| m.to_pixels(w, h)).collect();
+                    motion
+                        .set_mask(mask_of(&polygons, w, h))
+                        .map_err(&motion_error)?;
+                }
                 let rules = Rules::new(
                     options
                         .zones
@@ -304,6 +315,28 @@ mod tests {
         assert_eq!(
             crossings(&events),
             vec![(Direction::LeftToRight, 9), (Direction::RightToLeft, 13)],
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn a_mask_over_the_top_half_leaves_the_bottom_square_s_crossing_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = ScanOptions::new(crossing_clip(dir.path()));
+        options.lines = vec![x330()];
+        options.masks = vec![NormalisedPolygon::new(vec![
+            Point::new(0.0, 0.0),
+            Point::new(1.0, 0.0),
+            Point::new(1.0, 0.5),
+            Point::new(0.0, 0.5),
+        ])
+        .unwrap()];
+        let mut events = Vec::new();
+        let report = scan(&options, |event| events.push(event)).unwrap();
+        assert_eq!(report.tracks, 1);
+        assert_eq!(
+            crossings(&events),
+            vec![(Direction::RightToLeft, 13)],
             "{events:?}"
         );
     }

@@ -99,6 +99,27 @@ fn masked_pixels_never_move() {
 }
 
 #[test]
+fn a_mask_covers_the_pixels_whose_centre_is_inside_a_polygon() {
+    use crate::geometry::{Point, Polygon};
+    let rect = |x0: f32, y0: f32, x1: f32, y1: f32| Polygon {
+        points: vec![
+            Point::new(x0, y0),
+            Point::new(x1, y0),
+            Point::new(x1, y1),
+            Point::new(x0, y1),
+        ],
+    };
+    // On a 4×2 frame: x up to 1.2 covers the first column's centre (0.5) only; a second
+    // polygon covers the last column's second row.
+    let mask = mask_of(&[rect(0.0, 0.0, 1.2, 2.0), rect(3.4, 1.4, 4.0, 2.0)], 4, 2);
+    assert_eq!(
+        mask,
+        vec![true, false, false, false, true, false, false, true]
+    );
+    assert_eq!(mask_of(&[], 3, 1), vec![false; 3]);
+}
+
+#[test]
 fn a_scene_change_relearns_the_background_instead_of_reporting_motion() {
     let mut d = detector();
     d.detect(0, &frame(&[])).unwrap();
