@@ -16,7 +16,7 @@ pub use decode::{DecodeError, DecodeOptions, Decoder};
 pub use geometry::{Direction, Line, NormalisedPolygon, Point, Polygon, PolygonError, Side};
 pub use motion::{downscale_half, mask_of, MotionBox, MotionConfig, MotionDetector, MotionError};
 pub use rules::{anchor, CountLine, RuleEvent, Rules, Zone, ZONE_INERTIA};
-pub use scan::{scan, ScanError, ScanEvent, ScanOptions, ScanReport};
+pub use scan::{scan, ScanError, ScanEvent, ScanOptions, ScanReport, StreamMotion};
 pub use track::{BoxF, Detection, Track, TrackEvent, Tracker, TrackerConfig, TrackerError};
 pub use y4m::{Colour, Y4mError, Y4mHeader, Y4mReader};
 
