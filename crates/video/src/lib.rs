@@ -1,8 +1,10 @@
-//! Video analysis for Flowers (journey J5; plan in docs/plans/video.md). So far, the pure
-//! stages of a stream's pipeline: motion detection without a model ([`motion`]), tracking
-//! ([`track`]), the geometry of zones and counting lines ([`geometry`]) and the rules that turn
-//! tracks into zone, loitering and line events ([`rules`]); and decoding with an `ffmpeg` child
-//! ([`decode`]) whose frames [`y4m`] reads.
+//! Video analysis for Flowers (journey J5; plan in docs/plans/video.md). The stages of a
+//! stream's pipeline with no model: decoding with an `ffmpeg` child, from files and live
+//! cameras alike ([`decode`]), whose frames [`y4m`] reads; motion detection ([`motion`]);
+//! tracking ([`track`]); the geometry of zones, counting lines and masks ([`geometry`]); the
+//! rules that turn tracks into zone, loitering and line events ([`rules`]); and [`scan`], which
+//! runs them over one source. It links no libav and never reads the environment: the ffmpeg
+//! program and every setting are handed to it.
 
 pub mod decode;
 pub mod geometry;
@@ -12,7 +14,10 @@ pub mod scan;
 pub mod track;
 pub mod y4m;
 
-pub use decode::{DecodeError, DecodeOptions, Decoder};
+pub use decode::{
+    ffmpeg_version, parse_ffmpeg_version, validate_source, DecodeError, DecodeOptions, Decoder,
+    DecoderKiller, FfmpegVersion, RtspTransport,
+};
 pub use geometry::{Direction, Line, NormalisedPolygon, Point, Polygon, PolygonError, Side};
 pub use motion::{downscale_half, mask_of, MotionBox, MotionConfig, MotionDetector, MotionError};
 pub use rules::{anchor, CountLine, RuleEvent, Rules, Zone, ZONE_INERTIA};
