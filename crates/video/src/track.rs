@@ -255,60 +255,45 @@ impl Tracker {
         let mut matched_detections = vec![false; detections.len()];
         let (high, low): (Vec<usize>, Vec<usize>) =
             (0..detections.len()).partition(|&d| detections[d].score >= self.config.high_score);
+        let config = self.config;
         for group in [high, low] {
-            // Every candidate pair above the IoU floor, best first: greedy one-to-one.
-            let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
-            for &d in &group {
-                for (t, track) in self.tracks.iter().enumerate() {
-                    if matched_tracks[t] || track.class != detections[d].class {
-                        continue;
-                    }
-                    let iou = track.predicted(time_ms).iou(&detections[d].bbox);
-                    if iou >= self.config.match_iou {
-                        pairs.push((iou, t, d));
-                    }
-                }
-            }
-            pairs.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
-            let iou_pairs = pairs.into_iter().map(|(_, t, d)| (t, d)).collect();
+            // Greedy one-to-one: pairs above the IoU floor, best first; then, for what IoU
+            // left, pairs within the distance gate, nearest (in box sizes) first.
+            let by_iou = self.candidates(
+                &group,
+                detections,
+                &matched_tracks,
+                &matched_detections,
+                |track, d| {
+                    let iou = track.predicted(time_ms).iou(&d.bbox);
+                    (iou >= config.match_iou).then_some(-iou)
+                },
+            );
             self.take(
                 time_ms,
                 detections,
-                iou_pairs,
+                by_iou,
                 &mut matched_tracks,
                 &mut matched_detections,
                 &mut events,
             );
-            // What IoU left: by centre distance, nearest (in box sizes) first.
-            let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
-            for &d in &group {
-                if matched_detections[d] {
-                    continue;
-                }
-                for (t, track) in self.tracks.iter().enumerate() {
-                    if matched_tracks[t] || track.class != detections[d].class {
-                        continue;
-                    }
-                    if let Some(distance) =
-                        track.distance_within_gate(time_ms, &detections[d].bbox, &self.config)
-                    {
-                        pairs.push((distance, t, d));
-                    }
-                }
-            }
-            pairs.sort_by(|a, b| a.0.total_cmp(&b.0).then((a.1, a.2).cmp(&(b.1, b.2))));
-            let near_pairs = pairs.into_iter().map(|(_, t, d)| (t, d)).collect();
+            let by_distance = self.candidates(
+                &group,
+                detections,
+                &matched_tracks,
+                &matched_detections,
+                |track, d| track.distance_within_gate(time_ms, &d.bbox, &config),
+            );
             self.take(
                 time_ms,
                 detections,
-                near_pairs,
+                by_distance,
                 &mut matched_tracks,
                 &mut matched_detections,
                 &mut events,
             );
         }
         // Tracks unseen too long end (reported when they had counted).
-        let config = self.config;
         let mut kept = Vec::with_capacity(self.tracks.len());
         for track in self.tracks.drain(..) {
             if time_ms - track.last_ms > config.lost_after_ms {
@@ -345,6 +330,34 @@ impl Tracker {
             self.tracks.push(track);
         }
         events
+    }
+
+    /// The (track, detection) pairs of the same class, neither matched yet, that `cost`
+    /// admits, cheapest first (ties by track, then detection, so the order is stable).
+    fn candidates(
+        &self,
+        group: &[usize],
+        detections: &[Detection],
+        matched_tracks: &[bool],
+        matched_detections: &[bool],
+        cost: impl Fn(&Track, &Detection) -> Option<f32>,
+    ) -> Vec<(usize, usize)> {
+        let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
+        for &d in group {
+            if matched_detections[d] {
+                continue;
+            }
+            for (t, track) in self.tracks.iter().enumerate() {
+                if matched_tracks[t] || track.class != detections[d].class {
+                    continue;
+                }
+                if let Some(cost) = cost(track, &detections[d]) {
+                    pairs.push((cost, t, d));
+                }
+            }
+        }
+        pairs.sort_by(|a, b| a.0.total_cmp(&b.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+        pairs.into_iter().map(|(_, t, d)| (t, d)).collect()
     }
 
     /// Matches the (track, detection) pairs in order, each track and detection once: greedy
