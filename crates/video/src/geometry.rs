@@ -50,6 +50,61 @@ impl Polygon {
     }
 }
 
+/// A polygon in normalised coordinates (0 to 1 of the frame's width and height), checked when
+/// made: at least three points, each within the frame. Masks are given this way, so they fit
+/// any resolution the frames are analysed at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NormalisedPolygon {
+    points: Vec<Point>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolygonError {
+    #[error("a polygon needs at least 3 points; this one has {0}")]
+    TooFewPoints(usize),
+    #[error(
+        "point {index} of the polygon, ({x}, {y}), is outside the frame: normalised \
+         coordinates run from 0 to 1"
+    )]
+    OutsideFrame { index: usize, x: f32, y: f32 },
+}
+
+impl NormalisedPolygon {
+    pub fn new(points: Vec<Point>) -> Result<NormalisedPolygon, PolygonError> {
+        if points.len() < 3 {
+            return Err(PolygonError::TooFewPoints(points.len()));
+        }
+        let unit = 0.0..=1.0;
+        if let Some((index, p)) = points
+            .iter()
+            .enumerate()
+            .find(|(_, p)| !unit.contains(&p.x) || !unit.contains(&p.y))
+        {
+            return Err(PolygonError::OutsideFrame {
+                index,
+                x: p.x,
+                y: p.y,
+            });
+        }
+        Ok(NormalisedPolygon { points })
+    }
+
+    pub fn points(&self) -> &[Point] {
+        &self.points
+    }
+
+    /// The polygon on a frame of `width` × `height` pixels.
+    pub fn to_pixels(&self, width: usize, height: usize) -> Polygon {
+        Polygon {
+            points: self
+                .points
+                .iter()
+                .map(|p| Point::new(p.x * width as f32, p.y * height as f32))
+                .collect(),
+        }
+    }
+}
+
 /// Which side of a line, as seen walking from its `a` to its `b` on the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -175,6 +230,38 @@ mod tests {
             line.crossing(p(300.0, 100.0), p(360.0, 100.0)),
             Some(Direction::RightToLeft)
         );
+    }
+
+    #[test]
+    fn a_normalised_polygon_has_three_points_in_the_frame_and_scales_to_pixels() {
+        let square =
+            NormalisedPolygon::new(vec![p(0.0, 0.0), p(1.0, 0.0), p(1.0, 0.5), p(0.0, 0.5)])
+                .unwrap();
+        assert_eq!(square.points().len(), 4);
+        assert_eq!(
+            square.to_pixels(640, 360).points,
+            vec![p(0.0, 0.0), p(640.0, 0.0), p(640.0, 180.0), p(0.0, 180.0)]
+        );
+        let error = NormalisedPolygon::new(vec![p(0.0, 0.0), p(1.0, 1.0)]).unwrap_err();
+        assert_eq!(error, PolygonError::TooFewPoints(2));
+        assert_eq!(
+            error.to_string(),
+            "a polygon needs at least 3 points; this one has 2"
+        );
+        let error =
+            NormalisedPolygon::new(vec![p(0.0, 0.0), p(1.0, 0.0), p(1.2, 0.5)]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "point 2 of the polygon, (1.2, 0.5), is outside the frame: normalised coordinates \
+             run from 0 to 1"
+        );
+        for bad in [p(-0.1, 0.5), p(0.5, f32::NAN), p(f32::INFINITY, 0.0)] {
+            let error = NormalisedPolygon::new(vec![p(0.0, 0.0), bad, p(1.0, 1.0)]).unwrap_err();
+            assert!(
+                matches!(error, PolygonError::OutsideFrame { index: 1, .. }),
+                "{error}"
+            );
+        }
     }
 
     #[test]

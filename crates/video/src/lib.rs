@@ -1,9 +1,11 @@
-//! Video analysis for Flowers (journey J5; plan in docs/plans/video.md). So far, the pure
-//! stages of a stream's pipeline: motion detection without a model ([`motion`]), tracking
-//! ([`track`]), the geometry of zones and counting lines ([`geometry`]) and the rules that turn
-//! tracks into zone, loitering and line events ([`rules`]); and decoding with an `ffmpeg` child
-//! ([`decode`]) whose frames [`y4m`] reads. The service's storage: objects, events and streams
-//! in `video.sqlite` with retention ([`db`]), and JPEG snapshots ([`snapshot`]).
+//! Video analysis for Flowers (journey J5; plan in docs/plans/video.md). The stages of a
+//! stream's pipeline with no model: decoding with an `ffmpeg` child, from files and live
+//! cameras alike ([`decode`]), whose frames [`y4m`] reads; motion detection ([`motion`]);
+//! tracking ([`track`]); the geometry of zones, counting lines and masks ([`geometry`]); the
+//! rules that turn tracks into zone, loitering and line events ([`rules`]); and [`scan`], which
+//! runs them over one source. The service's storage: objects, events and streams in
+//! `video.sqlite` with retention ([`db`]), and JPEG snapshots ([`snapshot`]). It links no libav
+//! and never reads the environment: the ffmpeg program and every setting are handed to it.
 
 pub mod db;
 pub mod decode;
@@ -19,13 +21,16 @@ pub use db::{
     DbError, Event, EventKind, EventQuery, NewEvent, Object, ObjectQuery, Retention, SweepReport,
     UnknownEventKind, VideoDb,
 };
-pub use decode::{DecodeError, DecodeOptions, Decoder};
-pub use geometry::{Direction, Line, Point, Polygon, Side};
-pub use motion::{downscale_half, MotionBox, MotionConfig, MotionDetector, MotionError};
+pub use decode::{
+    ffmpeg_version, parse_ffmpeg_version, validate_source, DecodeError, DecodeOptions, Decoder,
+    DecoderKiller, FfmpegVersion, RtspTransport,
+};
+pub use geometry::{Direction, Line, NormalisedPolygon, Point, Polygon, PolygonError, Side};
+pub use motion::{downscale_half, mask_of, MotionBox, MotionConfig, MotionDetector, MotionError};
 pub use rules::{anchor, CountLine, RuleEvent, Rules, Zone, ZONE_INERTIA};
-pub use scan::{scan, ScanError, ScanEvent, ScanOptions, ScanReport};
+pub use scan::{scan, ScanError, ScanEvent, ScanOptions, ScanReport, StreamMotion};
 pub use snapshot::{crop_around, Frame, Layout, Rect, SnapshotError};
-pub use track::{BoxF, Detection, Track, TrackEvent, Tracker, TrackerConfig};
+pub use track::{BoxF, Detection, Track, TrackEvent, Tracker, TrackerConfig, TrackerError};
 pub use y4m::{Colour, Y4mError, Y4mHeader, Y4mReader};
 
 /// Clips the tests make with ffmpeg itself (scripts/setup installs it), so nothing is fetched.

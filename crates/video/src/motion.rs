@@ -7,8 +7,18 @@
 //! 5. 4-connected components become boxes, those of at least `min_area` pixels kept;
 //! 6. when more than `lightning` of the frame moved at once (lights switched, the camera
 //!    adjusted), the background is learnt anew from this frame and nothing is reported.
+//!
+//! The first `calibration_ms` of a stream, and of the scene after a lightning frame, are
+//! calibration: the background follows the frames fast (`calibration_alpha`) and nothing is
+//! reported, so what the camera shows while it settles (exposure, a decoder's first grey
+//! frames, an object that moved off in the first instants) is learnt instead of becoming a
+//! ghost that lingers as motion. Its reach is in frames: 1 s at 5 fps is 4 updates after the
+//! first frame, which take a difference of up to about 60 gray levels under the default
+//! threshold (0.8⁴ × 60 < 25); at 25 fps, 24 updates take any difference under it.
 
 use thiserror::Error;
+
+use crate::geometry::{Point, Polygon};
 
 /// How motion is told from noise.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -21,6 +31,10 @@ pub struct MotionConfig {
     pub alpha: f32,
     /// The share of the frame (0–1] beyond which a change is a scene change, not motion.
     pub lightning: f32,
+    /// How long, from the first frame and from a scene change, the background is only learnt.
+    pub calibration_ms: u32,
+    /// How fast the background follows the frames while calibrating (0–1].
+    pub calibration_alpha: f32,
 }
 
 impl Default for MotionConfig {
@@ -30,6 +44,8 @@ impl Default for MotionConfig {
             min_area: 16,
             alpha: 0.05,
             lightning: 0.8,
+            calibration_ms: 1000,
+            calibration_alpha: 0.2,
         }
     }
 }
@@ -77,6 +93,10 @@ pub struct MotionDetector {
     mask: Vec<bool>,
     /// The background weight in 8.8 fixed point (alpha × 256, at least 1).
     alpha: u32,
+    /// `calibration_alpha` the same way.
+    calibration_alpha: u32,
+    /// Frames before this time (ms) only teach the background.
+    calibrating_until: i64,
 }
 
 impl MotionDetector {
@@ -88,12 +108,17 @@ impl MotionDetector {
         if width == 0 || height == 0 {
             return Err(MotionError::EmptyFrame { width, height });
         }
-        if !(config.alpha > 0.0 && config.alpha <= 1.0) {
-            return Err(MotionError::Config {
-                field: "alpha",
-                value: config.alpha.to_string(),
-                expected: "it must be above 0 and at most 1",
-            });
+        for (field, alpha) in [
+            ("alpha", config.alpha),
+            ("calibration_alpha", config.calibration_alpha),
+        ] {
+            if !(alpha > 0.0 && alpha <= 1.0) {
+                return Err(MotionError::Config {
+                    field,
+                    value: alpha.to_string(),
+                    expected: "it must be above 0 and at most 1",
+                });
+            }
         }
         if !(config.lightning > 0.0 && config.lightning <= 1.0) {
             return Err(MotionError::Config {
@@ -108,7 +133,9 @@ impl MotionDetector {
             height,
             background: Vec::new(),
             mask: vec![false; width * height],
-            alpha: ((config.alpha * 256.0).round() as u32).clamp(1, 256),
+            alpha: fixed_point(config.alpha),
+            calibration_alpha: fixed_point(config.calibration_alpha),
+            calibrating_until: i64::MIN,
         })
     }
 
@@ -124,9 +151,16 @@ impl MotionDetector {
         Ok(())
     }
 
-    /// The moving regions of `frame` (row-major gray, one byte a pixel), largest first, then
-    /// top to bottom; none for the first frame, which only starts the background.
-    pub fn detect(&mut self, frame: &[u8]) -> Result<Vec<MotionBox>, MotionError> {
+    /// Whether a frame at `time_ms` would only teach the background (see the module's notes);
+    /// true before the first frame.
+    pub fn calibrating(&self, time_ms: i64) -> bool {
+        self.background.is_empty() || time_ms < self.calibrating_until
+    }
+
+    /// The moving regions of `frame` (row-major gray, one byte a pixel), shown at `time_ms`
+    /// (not before the last frame's), largest first, then top to bottom; none while
+    /// calibrating.
+    pub fn detect(&mut self, time_ms: i64, frame: &[u8]) -> Result<Vec<MotionBox>, MotionError> {
         let pixels = self.width * self.height;
         if frame.len() != pixels {
             return Err(MotionError::FrameSize {
@@ -137,7 +171,11 @@ impl MotionDetector {
             });
         }
         if self.background.is_empty() {
-            self.learn(frame);
+            self.learn(time_ms, frame);
+            return Ok(Vec::new());
+        }
+        if self.calibrating(time_ms) {
+            self.follow(frame, self.calibration_alpha);
             return Ok(Vec::new());
         }
         let threshold = u16::from(self.config.threshold);
@@ -151,10 +189,10 @@ impl MotionDetector {
             }
         }
         if count as f32 > self.config.lightning * pixels as f32 {
-            self.learn(frame);
+            self.learn(time_ms, frame);
             return Ok(Vec::new());
         }
-        self.follow(frame);
+        self.follow(frame, self.alpha);
         let dilated = dilate(&moved, self.width, self.height);
         let mut boxes: Vec<MotionBox> = components(&dilated, self.width, self.height)
             .into_iter()
@@ -164,12 +202,14 @@ impl MotionDetector {
         Ok(boxes)
     }
 
-    fn learn(&mut self, frame: &[u8]) {
+    /// Starts the background anew from `frame`, and calibration with it.
+    fn learn(&mut self, time_ms: i64, frame: &[u8]) {
         self.background = frame.iter().map(|&p| u16::from(p) << 8).collect();
+        self.calibrating_until = time_ms.saturating_add(i64::from(self.config.calibration_ms));
     }
 
-    fn follow(&mut self, frame: &[u8]) {
-        let alpha = self.alpha;
+    /// Moves the background towards `frame` by `alpha` (8.8 fixed point).
+    fn follow(&mut self, frame: &[u8], alpha: u32) {
         for (background, &pixel) in self.background.iter_mut().zip(frame) {
             let target = u32::from(pixel) << 8;
             let current = u32::from(*background);
@@ -178,6 +218,24 @@ impl MotionDetector {
             *background = next as u16;
         }
     }
+}
+
+/// The mask of these polygons (in pixels) for [`MotionDetector::set_mask`]: a pixel is masked
+/// when its centre is inside one of them.
+pub fn mask_of(polygons: &[Polygon], width: usize, height: usize) -> Vec<bool> {
+    let mut mask = vec![false; width * height];
+    for y in 0..height {
+        for x in 0..width {
+            let centre = Point::new(x as f32 + 0.5, y as f32 + 0.5);
+            mask[y * width + x] = polygons.iter().any(|polygon| polygon.contains(centre));
+        }
+    }
+    mask
+}
+
+/// A weight in (0, 1] as 8.8 fixed point, at least 1.
+fn fixed_point(alpha: f32) -> u32 {
+    ((alpha * 256.0).round() as u32).clamp(1, 256)
 }
 
 /// Halves a gray frame in each direction by averaging 2×2 blocks (an odd last row or column

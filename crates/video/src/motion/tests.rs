@@ -18,24 +18,33 @@ fn frame(rects: &[(usize, usize, usize, usize)]) -> Vec<u8> {
     f
 }
 
+/// A detector with no calibration: the first frame only starts the background.
 fn detector() -> MotionDetector {
-    MotionDetector::new(W, H, MotionConfig::default()).unwrap()
+    MotionDetector::new(
+        W,
+        H,
+        MotionConfig {
+            calibration_ms: 0,
+            ..MotionConfig::default()
+        },
+    )
+    .unwrap()
 }
 
 #[test]
 fn a_still_scene_has_no_motion_and_the_first_frame_only_starts_the_background() {
     let mut d = detector();
-    assert_eq!(d.detect(&frame(&[(5, 5, 9, 9)])).unwrap(), vec![]);
+    assert_eq!(d.detect(0, &frame(&[(5, 5, 9, 9)])).unwrap(), vec![]);
     for _ in 0..3 {
-        assert_eq!(d.detect(&frame(&[(5, 5, 9, 9)])).unwrap(), vec![]);
+        assert_eq!(d.detect(0, &frame(&[(5, 5, 9, 9)])).unwrap(), vec![]);
     }
 }
 
 #[test]
 fn a_square_that_appears_is_one_box_grown_by_the_dilation() {
     let mut d = detector();
-    d.detect(&frame(&[])).unwrap();
-    let boxes = d.detect(&frame(&[(10, 5, 20, 15)])).unwrap();
+    d.detect(0, &frame(&[])).unwrap();
+    let boxes = d.detect(0, &frame(&[(10, 5, 20, 15)])).unwrap();
     assert_eq!(
         boxes,
         vec![MotionBox {
@@ -51,10 +60,13 @@ fn a_square_that_appears_is_one_box_grown_by_the_dilation() {
 #[test]
 fn two_squares_apart_are_two_boxes_largest_first_and_small_specks_are_dropped() {
     let mut d = detector();
-    d.detect(&frame(&[])).unwrap();
+    d.detect(0, &frame(&[])).unwrap();
     // A 1-pixel speck dilates to 9 pixels, under min_area 16.
     let boxes = d
-        .detect(&frame(&[(2, 2, 6, 6), (20, 10, 30, 20), (35, 25, 36, 26)]))
+        .detect(
+            0,
+            &frame(&[(2, 2, 6, 6), (20, 10, 30, 20), (35, 25, 36, 26)]),
+        )
         .unwrap();
     let bounds: Vec<(usize, usize, usize, usize)> =
         boxes.iter().map(|b| (b.x0, b.y0, b.x1, b.y1)).collect();
@@ -71,8 +83,10 @@ fn masked_pixels_never_move() {
         }
     }
     d.set_mask(mask).unwrap();
-    d.detect(&frame(&[])).unwrap();
-    let boxes = d.detect(&frame(&[(2, 2, 8, 8), (25, 2, 31, 8)])).unwrap();
+    d.detect(0, &frame(&[])).unwrap();
+    let boxes = d
+        .detect(0, &frame(&[(2, 2, 8, 8), (25, 2, 31, 8)]))
+        .unwrap();
     assert_eq!(boxes.len(), 1, "{boxes:?}");
     assert_eq!((boxes[0].x0, boxes[0].x1), (24, 32));
     assert_eq!(
@@ -85,11 +99,32 @@ fn masked_pixels_never_move() {
 }
 
 #[test]
+fn a_mask_covers_the_pixels_whose_centre_is_inside_a_polygon() {
+    use crate::geometry::{Point, Polygon};
+    let rect = |x0: f32, y0: f32, x1: f32, y1: f32| Polygon {
+        points: vec![
+            Point::new(x0, y0),
+            Point::new(x1, y0),
+            Point::new(x1, y1),
+            Point::new(x0, y1),
+        ],
+    };
+    // On a 4×2 frame: x up to 1.2 covers the first column's centre (0.5) only; a second
+    // polygon covers the last column's second row.
+    let mask = mask_of(&[rect(0.0, 0.0, 1.2, 2.0), rect(3.4, 1.4, 4.0, 2.0)], 4, 2);
+    assert_eq!(
+        mask,
+        vec![true, false, false, false, true, false, false, true]
+    );
+    assert_eq!(mask_of(&[], 3, 1), vec![false; 3]);
+}
+
+#[test]
 fn a_scene_change_relearns_the_background_instead_of_reporting_motion() {
     let mut d = detector();
-    d.detect(&frame(&[])).unwrap();
+    d.detect(0, &frame(&[])).unwrap();
     let lit = vec![220u8; W * H];
-    assert_eq!(d.detect(&lit).unwrap(), vec![]);
+    assert_eq!(d.detect(0, &lit).unwrap(), vec![]);
     // The new scene is the background now: a square on it is motion again, the rest not.
     let mut square = lit.clone();
     for y in 10..20 {
@@ -97,7 +132,7 @@ fn a_scene_change_relearns_the_background_instead_of_reporting_motion() {
             square[y * W + x] = 40;
         }
     }
-    let boxes = d.detect(&square).unwrap();
+    let boxes = d.detect(0, &square).unwrap();
     assert_eq!(boxes.len(), 1, "{boxes:?}");
     assert_eq!((boxes[0].x0, boxes[0].y0), (9, 9));
 }
@@ -105,11 +140,11 @@ fn a_scene_change_relearns_the_background_instead_of_reporting_motion() {
 #[test]
 fn an_object_that_stays_fades_into_the_background() {
     let mut d = detector();
-    d.detect(&frame(&[])).unwrap();
+    d.detect(0, &frame(&[])).unwrap();
     let parked = frame(&[(10, 10, 20, 20)]);
     let mut frames_with_motion = 0;
     for _ in 0..200 {
-        if !d.detect(&parked).unwrap().is_empty() {
+        if !d.detect(0, &parked).unwrap().is_empty() {
             frames_with_motion += 1;
         }
     }
@@ -121,10 +156,61 @@ fn an_object_that_stays_fades_into_the_background() {
 }
 
 #[test]
+fn calibration_learns_what_the_first_second_shows_and_reports_nothing_meanwhile() {
+    // 25 frames a second. The square is there in the first frame and moves off at once,
+    // 10 pixels on, where it stays: the first frame's background has it in the wrong place.
+    let (first, settled) = (frame(&[(5, 5, 11, 11)]), frame(&[(15, 5, 21, 11)]));
+    let mut d = MotionDetector::new(W, H, MotionConfig::default()).unwrap();
+    assert!(d.calibrating(0));
+    assert_eq!(d.detect(0, &first).unwrap(), vec![]);
+    for k in 1..25 {
+        assert!(d.calibrating(k * 40));
+        assert_eq!(d.detect(k * 40, &settled).unwrap(), vec![], "frame {k}");
+    }
+    // Calibrated at 1 s: no ghost where it was, and nothing where it stays.
+    assert!(!d.calibrating(1000));
+    for k in 25..50 {
+        assert_eq!(d.detect(k * 40, &settled).unwrap(), vec![], "frame {k}");
+    }
+    // Motion is reported again after it.
+    assert_eq!(
+        d.detect(2000, &frame(&[(15, 5, 21, 11), (30, 20, 36, 26)]))
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Without calibration both places are motion, for a while: where it was (its ghost)
+    // and where it is now.
+    let mut d = detector();
+    d.detect(0, &first).unwrap();
+    let boxes = d.detect(1000, &settled).unwrap();
+    assert_eq!(boxes.len(), 2, "{boxes:?}");
+}
+
+#[test]
+fn a_scene_change_starts_calibration_again() {
+    let mut d = MotionDetector::new(W, H, MotionConfig::default()).unwrap();
+    d.detect(0, &frame(&[])).unwrap();
+    d.detect(1000, &frame(&[])).unwrap();
+    assert!(!d.calibrating(1000));
+    // The lights go on at 2 s: a second of calibration from there.
+    assert_eq!(d.detect(2000, &vec![220u8; W * H]).unwrap(), vec![]);
+    assert!(d.calibrating(2999) && !d.calibrating(3000));
+    let mut square = vec![220u8; W * H];
+    for y in 10..20 {
+        for x in 10..20 {
+            square[y * W + x] = 40;
+        }
+    }
+    assert_eq!(d.detect(2500, &square).unwrap(), vec![]);
+}
+
+#[test]
 fn bad_frames_and_settings_are_clear_errors() {
     let mut d = detector();
     assert_eq!(
-        d.detect(&[0u8; 10]),
+        d.detect(0, &[0u8; 10]),
         Err(MotionError::FrameSize {
             width: W,
             height: H,
@@ -153,6 +239,13 @@ fn bad_frames_and_settings_are_clear_errors() {
                 ..MotionConfig::default()
             },
             "alpha",
+        ),
+        (
+            MotionConfig {
+                calibration_alpha: 0.0,
+                ..MotionConfig::default()
+            },
+            "calibration_alpha",
         ),
         (
             MotionConfig {
