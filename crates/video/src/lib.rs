@@ -10,9 +10,13 @@
 pub mod db;
 pub mod decode;
 pub mod geometry;
+pub mod http;
+pub mod live;
 pub mod motion;
+pub mod pipeline;
 pub mod rules;
 pub mod scan;
+pub mod service;
 pub mod snapshot;
 pub mod track;
 pub mod y4m;
@@ -26,9 +30,12 @@ pub use decode::{
     DecoderKiller, FfmpegVersion, RtspTransport,
 };
 pub use geometry::{Direction, Line, NormalisedPolygon, Point, Polygon, PolygonError, Side};
+pub use live::{LiveEvent, LiveOptions, StreamHandle, StreamState, StreamStatus};
 pub use motion::{downscale_half, mask_of, MotionBox, MotionConfig, MotionDetector, MotionError};
+pub use pipeline::{Pipeline, PipelineOptions, Snapshot, Step, StreamMotion};
 pub use rules::{anchor, CountLine, RuleEvent, Rules, Zone, ZONE_INERTIA};
-pub use scan::{scan, ScanError, ScanEvent, ScanOptions, ScanReport, StreamMotion};
+pub use scan::{scan, ScanError, ScanEvent, ScanOptions, ScanReport};
+pub use service::{Origin, ServiceError, ServiceOptions, StreamView, VideoService};
 pub use snapshot::{crop_around, Frame, Layout, Rect, SnapshotError};
 pub use track::{BoxF, Detection, Track, TrackEvent, Tracker, TrackerConfig, TrackerError};
 pub use y4m::{Colour, Y4mError, Y4mHeader, Y4mReader};

@@ -1,32 +1,20 @@
-//! One source analysed end to end, with no model: decode ([`crate::decode`]), motion
-//! ([`crate::motion`]), tracking ([`crate::track`], motion boxes as class `motion`) and rules
-//! ([`crate::rules`]). Zones and lines are given in normalised coordinates ([0, 1] of the
-//! frame's width and height) and placed on the analysed frames' pixels once their size is known.
-//!
-//! Motion runs on the frame halved each way (2×2 blocks averaged, docs/plans/video.md §3): the
-//! averaging halves the spread of sensor noise (on the noisy still clip of the tests, from 10
-//! to 5 gray levels, so 0.002% of pixels instead of 2% pass the threshold of 25), and it
-//! quarters the cost. Its boxes are scaled back to the analysed frame's pixels.
+//! One file analysed end to end, with no model: decoded ([`crate::decode`]) and run through
+//! the pipeline ([`crate::pipeline`]: motion, tracking, zones and lines) frame by frame, each
+//! frame at its time in the file.
 
 use thiserror::Error;
 
 use crate::decode::{DecodeError, DecodeOptions, Decoder};
-use crate::geometry::{Line, NormalisedPolygon, Point, Polygon};
-use crate::motion::{downscale_half, mask_of, MotionConfig, MotionDetector, MotionError};
-use crate::rules::{CountLine, RuleEvent, Rules, Zone};
-use crate::track::{BoxF, Detection, TrackEvent, Tracker, TrackerConfig, TrackerError};
+use crate::motion::MotionError;
+use crate::pipeline::{Pipeline, PipelineOptions};
+use crate::rules::RuleEvent;
+use crate::track::TrackerError;
 
 #[derive(Debug, Clone)]
 pub struct ScanOptions {
     pub decode: DecodeOptions,
-    pub motion: MotionConfig,
-    pub tracker: TrackerConfig,
-    /// In normalised coordinates.
-    pub zones: Vec<Zone>,
-    /// In normalised coordinates.
-    pub lines: Vec<CountLine>,
-    /// Where motion is never seen (a timestamp, a tree in the wind).
-    pub masks: Vec<NormalisedPolygon>,
+    /// Motion, tracking, zones, lines and masks.
+    pub pipeline: PipelineOptions,
 }
 
 impl ScanOptions {
@@ -34,11 +22,7 @@ impl ScanOptions {
     pub fn new(input: impl Into<String>) -> ScanOptions {
         ScanOptions {
             decode: DecodeOptions::new(input),
-            motion: MotionConfig::default(),
-            tracker: TrackerConfig::default(),
-            zones: Vec::new(),
-            lines: Vec::new(),
-            masks: Vec::new(),
+            pipeline: PipelineOptions::default(),
         }
     }
 }
@@ -72,84 +56,16 @@ pub struct ScanReport {
     pub height: usize,
 }
 
-/// A stream's motion stage as [`scan`] runs it: on the analysed frames halved each way (see
-/// the module's notes), with the masks placed on them; boxes in the analysed frame's pixels.
-#[derive(Debug, Clone)]
-pub struct StreamMotion {
-    detector: MotionDetector,
-    width: usize,
-    height: usize,
-}
-
-impl StreamMotion {
-    /// Motion for analysed frames of `width` × `height`.
-    pub fn new(
-        width: usize,
-        height: usize,
-        config: MotionConfig,
-        masks: &[NormalisedPolygon],
-    ) -> Result<StreamMotion, MotionError> {
-        let (half_width, half_height) = (width / 2, height / 2);
-        let mut detector = MotionDetector::new(half_width, half_height, config)?;
-        if !masks.is_empty() {
-            let polygons: Vec<Polygon> = masks
-                .iter()
-                .map(|m| m.to_pixels(half_width, half_height))
-                .collect();
-            detector.set_mask(mask_of(&polygons, half_width, half_height))?;
-        }
-        Ok(StreamMotion {
-            detector,
-            width,
-            height,
-        })
-    }
-
-    /// Whether a frame at `time_ms` would only teach the background.
-    pub fn calibrating(&self, time_ms: i64) -> bool {
-        self.detector.calibrating(time_ms)
-    }
-
-    /// The moving regions of a frame's luma plane (its first `width × height` bytes), shown
-    /// at `time_ms`, largest first.
-    pub fn detect(&mut self, time_ms: i64, luma: &[u8]) -> Result<Vec<BoxF>, MotionError> {
-        let pixels = self.width * self.height;
-        if luma.len() < pixels {
-            return Err(MotionError::FrameSize {
-                width: self.width,
-                height: self.height,
-                expected: pixels,
-                got: luma.len(),
-            });
-        }
-        let (_, _, half) = downscale_half(self.width, self.height, &luma[..pixels]);
-        Ok(self
-            .detector
-            .detect(time_ms, &half)?
-            .iter()
-            .map(|b| {
-                BoxF::new(
-                    2.0 * b.x0 as f32,
-                    2.0 * b.y0 as f32,
-                    2.0 * b.x1 as f32,
-                    2.0 * b.y1 as f32,
-                )
-            })
-            .collect())
-    }
-}
-
 /// Analyses `options.decode.input` to its end, handing each event to `on_event` as it happens.
 /// Frame k is at k / fps seconds (exact for constant-rate files, see [`DecodeOptions::fps`]).
 pub fn scan(
     options: &ScanOptions,
     mut on_event: impl FnMut(ScanEvent),
 ) -> Result<ScanReport, ScanError> {
-    options.tracker.validate()?;
+    options.pipeline.tracker.validate()?;
     let mut decoder = Decoder::start(&options.decode)?;
-    let mut tracker = Tracker::new(options.tracker);
     let mut frame = Vec::new();
-    let mut state: Option<(StreamMotion, Rules, usize, usize)> = None;
+    let mut pipeline: Option<Pipeline> = None;
     let mut frames = 0u64;
     let mut tracks = 0u64;
     let motion_error = |error| ScanError::Motion {
@@ -158,45 +74,21 @@ pub fn scan(
     };
     let time_of = |k: u64| (k as f64 * 1000.0 / f64::from(options.decode.fps)).round() as i64;
     while decoder.next_frame(&mut frame)? {
-        let (motion, rules, _, _) = match &mut state {
-            Some(state) => state,
+        let pipeline = match &mut pipeline {
+            Some(pipeline) => pipeline,
             None => {
                 let header = *decoder.header().expect("a frame was read");
-                let (w, h) = (header.width, header.height);
-                let motion = StreamMotion::new(w, h, options.motion, &options.masks)
+                let new = Pipeline::new(header.width, header.height, &options.pipeline)
                     .map_err(&motion_error)?;
-                let rules = Rules::new(
-                    options
-                        .zones
-                        .iter()
-                        .map(|z| to_pixels_zone(z, w, h))
-                        .collect(),
-                    options
-                        .lines
-                        .iter()
-                        .map(|l| to_pixels_line(l, w, h))
-                        .collect(),
-                );
-                state.insert((motion, rules, w, h))
+                pipeline.insert(new)
             }
         };
         // The frames are gray; with another layout, luma is the first plane.
-        let time_ms = time_of(frames);
-        let boxes = motion.detect(time_ms, &frame).map_err(&motion_error)?;
-        let detections: Vec<Detection> = boxes
-            .into_iter()
-            .map(|bbox| Detection {
-                bbox,
-                score: 1.0,
-                class: "motion".to_string(),
-            })
-            .collect();
-        let tracked = tracker.update(time_ms, &detections);
-        tracks += tracked
-            .iter()
-            .filter(|e| matches!(e, TrackEvent::Started(_)))
-            .count() as u64;
-        for event in rules.apply(time_ms, &tracked) {
+        let step = pipeline
+            .push(time_of(frames), &frame)
+            .map_err(&motion_error)?;
+        tracks += step.started.len() as u64;
+        for event in step.rules {
             on_event(ScanEvent {
                 frame: frames,
                 event,
@@ -204,16 +96,15 @@ pub fn scan(
         }
         frames += 1;
     }
-    let (width, height) = match &mut state {
-        Some((_, rules, w, h)) => {
-            let ended: Vec<TrackEvent> = tracker.finish();
-            for event in rules.apply(time_of(frames), &ended) {
+    let (width, height) = match &mut pipeline {
+        Some(pipeline) => {
+            for event in pipeline.finish(time_of(frames)).rules {
                 on_event(ScanEvent {
                     frame: frames,
                     event,
                 });
             }
-            (*w, *h)
+            pipeline.size()
         }
         None => (0, 0),
     };
@@ -225,38 +116,15 @@ pub fn scan(
     })
 }
 
-fn to_pixels(p: Point, width: usize, height: usize) -> Point {
-    Point::new(p.x * width as f32, p.y * height as f32)
-}
-
-fn to_pixels_zone(zone: &Zone, width: usize, height: usize) -> Zone {
-    Zone {
-        polygon: Polygon {
-            points: zone
-                .polygon
-                .points
-                .iter()
-                .map(|&p| to_pixels(p, width, height))
-                .collect(),
-        },
-        ..zone.clone()
-    }
-}
-
-fn to_pixels_line(line: &CountLine, width: usize, height: usize) -> CountLine {
-    CountLine {
-        name: line.name.clone(),
-        line: Line {
-            a: to_pixels(line.line.a, width, height),
-            b: to_pixels(line.line.b, width, height),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::geometry::Direction;
+    use crate::geometry::{Line, NormalisedPolygon, Point, Polygon};
+    use crate::motion::MotionConfig;
+    use crate::pipeline::StreamMotion;
+    use crate::rules::{CountLine, Zone};
+    use crate::track::BoxF;
 
     /// The plan's crossing clip (docs/plans/video.md §8): 5 s of black at 640×360; from 1 s a
     /// white 40 px square moves right along the top at 500 px/s, from 2 s another moves left
@@ -325,14 +193,14 @@ mod tests {
             &["-c:v", "libx264", "-preset", "veryfast", "-g", "25"],
         );
         let mut options = ScanOptions::new(clip);
-        options.zones = vec![everywhere()];
+        options.pipeline.zones = vec![everywhere()];
         let mut events = Vec::new();
         let report = scan(&options, |event| events.push(event)).unwrap();
         assert_eq!(report.frames, 25);
         assert_eq!((report.tracks, events), (0, vec![]));
         // Without calibration the first frame's brighter square lingers in the background:
         // its ghost is motion, tracked, in the zone.
-        options.motion.calibration_ms = 0;
+        options.pipeline.motion.calibration_ms = 0;
         let mut events = Vec::new();
         let report = scan(&options, |event| events.push(event)).unwrap();
         assert_eq!(report.tracks, 1, "{events:?}");
@@ -349,7 +217,7 @@ mod tests {
         // 25 analysed frames a second: the squares move 20 px a frame, so their motion boxes
         // overlap from frame to frame.
         options.decode.fps = 25.0;
-        options.lines = vec![x330()];
+        options.pipeline.lines = vec![x330()];
         let mut events = Vec::new();
         let report = scan(&options, |event| events.push(event)).unwrap();
         assert_eq!((report.width, report.height), (640, 360));
@@ -370,7 +238,7 @@ mod tests {
         // never overlap, and the tracker's distance gate keeps each one track.
         let dir = tempfile::tempdir().unwrap();
         let mut options = ScanOptions::new(crossing_clip(dir.path()));
-        options.lines = vec![x330()];
+        options.pipeline.lines = vec![x330()];
         let mut events = Vec::new();
         let report = scan(&options, |event| events.push(event)).unwrap();
         assert_eq!(report.frames, 25);
@@ -387,8 +255,8 @@ mod tests {
     fn a_mask_over_the_top_half_leaves_the_bottom_square_s_crossing_only() {
         let dir = tempfile::tempdir().unwrap();
         let mut options = ScanOptions::new(crossing_clip(dir.path()));
-        options.lines = vec![x330()];
-        options.masks = vec![NormalisedPolygon::new(vec![
+        options.pipeline.lines = vec![x330()];
+        options.pipeline.masks = vec![NormalisedPolygon::new(vec![
             Point::new(0.0, 0.0),
             Point::new(1.0, 0.0),
             Point::new(1.0, 0.5),
@@ -460,8 +328,8 @@ mod tests {
             &["-c:v", "libx264", "-preset", "veryfast", "-g", "25"],
         );
         let mut options = ScanOptions::new(clip);
-        options.zones = vec![everywhere()];
-        options.lines = vec![x330()];
+        options.pipeline.zones = vec![everywhere()];
+        options.pipeline.lines = vec![x330()];
         let mut events = Vec::new();
         let report = scan(&options, |event| events.push(event)).unwrap();
         assert_eq!(report.frames, 25);
@@ -474,7 +342,7 @@ mod tests {
         // (x 192 to 384) from t = 1.86 s to 2.82 s.
         let dir = tempfile::tempdir().unwrap();
         let mut options = ScanOptions::new(one_square_clip(dir.path(), "zone.mp4", "200*(t-1)", 5));
-        options.zones = vec![band(0.3, 0.6, None)];
+        options.pipeline.zones = vec![band(0.3, 0.6, None)];
         let mut events = Vec::new();
         let report = scan(&options, |event| events.push(event)).unwrap();
         assert_eq!(report.tracks, 1, "{events:?}");
@@ -493,7 +361,7 @@ mod tests {
             7,
         );
         let mut options = ScanOptions::new(clip);
-        options.zones = vec![band(0.25, 0.45, Some(2_000))];
+        options.pipeline.zones = vec![band(0.25, 0.45, Some(2_000))];
         let mut events = Vec::new();
         let report = scan(&options, |event| events.push(event)).unwrap();
         let loitered = kinds(&events)

@@ -1,0 +1,372 @@
+//! The video service's state: its streams (declared in `[video]` or added through the API),
+//! each followed live on its own thread ([`crate::live`]); what they report stored in
+//! `video.sqlite` ([`crate::db`]) with snapshots, and published to followers of the events.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use thiserror::Error;
+use tokio::sync::broadcast;
+
+use domain::{StreamSpec, VideoConfig};
+
+use crate::db::{DbError, Event, EventKind, NewEvent, Retention, SweepReport, VideoDb};
+use crate::live::{self, LiveEvent, LiveOptions, StreamHandle, StreamStatus};
+use crate::rules::RuleEvent;
+use crate::snapshot;
+
+/// Events kept for followers that fall behind; one further behind is told to catch up from
+/// the store (`Last-Event-ID`).
+const FOLLOWER_BACKLOG: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    /// Where `video.sqlite` and the snapshots are.
+    pub data_dir: PathBuf,
+    pub config: VideoConfig,
+    pub live: LiveOptions,
+}
+
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("the stream {0} is declared in the config file; change it there")]
+    Declared(String),
+    #[error("no stream {0}")]
+    NotFound(String),
+}
+
+/// Where a stream was declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// `[video.streams.NAME]` in flowers.toml: changed only there.
+    Config,
+    /// `PUT /v1/streams/NAME`: kept in video.sqlite across restarts.
+    Api,
+}
+
+/// A stream as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamView {
+    pub name: String,
+    pub origin: Origin,
+    pub spec: StreamSpec,
+    pub status: StreamStatus,
+}
+
+struct Running {
+    origin: Origin,
+    spec: StreamSpec,
+    handle: StreamHandle,
+}
+
+pub struct VideoService {
+    db: Arc<Mutex<VideoDb>>,
+    streams: Mutex<BTreeMap<String, Running>>,
+    events: broadcast::Sender<Event>,
+    config: VideoConfig,
+    live: LiveOptions,
+}
+
+impl VideoService {
+    /// Opens the store (ending objects a crash left open) and starts every stream.
+    pub fn start(options: ServiceOptions) -> Result<Arc<VideoService>, ServiceError> {
+        std::fs::create_dir_all(&options.data_dir).map_err(|source| DbError::Io {
+            path: options.data_dir.clone(),
+            source,
+        })?;
+        let mut db = VideoDb::open(&options.data_dir)?;
+        let closed = db.close_open_objects(domain::now_ms())?;
+        if !closed.is_empty() {
+            tracing::info!(
+                "{} objects left open by the last run were ended",
+                closed.len()
+            );
+        }
+        let added = db.streams()?;
+        let service = Arc::new(VideoService {
+            db: Arc::new(Mutex::new(db)),
+            streams: Mutex::new(BTreeMap::new()),
+            events: broadcast::channel(FOLLOWER_BACKLOG).0,
+            config: options.config.clone(),
+            live: options.live,
+        });
+        for (name, spec) in &options.config.streams {
+            service.run(name.as_str(), spec.clone(), Origin::Config);
+        }
+        for (name, json) in added {
+            if options.config.streams.keys().any(|n| n.as_str() == name) {
+                tracing::warn!(
+                    "the stream {name} added through the API is also declared in the config \
+                     file; the file's wins"
+                );
+                continue;
+            }
+            match serde_json::from_value::<StreamSpec>(json) {
+                Ok(spec) => service.run(&name, spec, Origin::Api),
+                Err(error) => tracing::error!("the stored stream {name} is unreadable: {error}"),
+            }
+        }
+        Ok(service)
+    }
+
+    fn run(self: &Arc<Self>, name: &str, spec: StreamSpec, origin: Origin) {
+        let mut sink = Sink {
+            stream: name.to_string(),
+            db: Arc::clone(&self.db),
+            events: self.events.clone(),
+            objects: HashMap::new(),
+        };
+        let handle = live::spawn(
+            name,
+            spec.clone(),
+            self.config.motion,
+            self.live.clone(),
+            move |event| sink.take(event),
+        );
+        let old = self.lock_streams().insert(
+            name.to_string(),
+            Running {
+                origin,
+                spec,
+                handle,
+            },
+        );
+        if let Some(old) = old {
+            old.handle.stop();
+        }
+    }
+
+    fn lock_streams(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Running>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn db(&self) -> std::sync::MutexGuard<'_, VideoDb> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn streams(&self) -> Vec<StreamView> {
+        self.lock_streams()
+            .iter()
+            .map(|(name, running)| view(name, running))
+            .collect()
+    }
+
+    pub fn stream(&self, name: &str) -> Option<StreamView> {
+        self.lock_streams()
+            .get(name)
+            .map(|running| view(name, running))
+    }
+
+    /// Adds or replaces a stream added through the API; true when it is new. It is stored
+    /// before it starts, so it survives a restart.
+    pub fn put_stream(
+        self: &Arc<Self>,
+        name: &str,
+        spec: StreamSpec,
+    ) -> Result<bool, ServiceError> {
+        let existing = self.lock_streams().get(name).map(|r| r.origin);
+        if existing == Some(Origin::Config) {
+            return Err(ServiceError::Declared(name.to_string()));
+        }
+        let json = serde_json::to_value(&spec).expect("a spec serializes");
+        self.db().put_stream(name, &json, domain::now_ms())?;
+        let old = self.lock_streams().remove(name);
+        if let Some(old) = old {
+            // Its objects end (and are recorded) before the new one starts.
+            old.handle.stop();
+        }
+        self.run(name, spec, Origin::Api);
+        Ok(existing.is_none())
+    }
+
+    pub fn remove_stream(&self, name: &str) -> Result<(), ServiceError> {
+        let origin = self.lock_streams().get(name).map(|r| r.origin);
+        match origin {
+            None => Err(ServiceError::NotFound(name.to_string())),
+            Some(Origin::Config) => Err(ServiceError::Declared(name.to_string())),
+            Some(Origin::Api) => {
+                self.db().delete_stream(name)?;
+                if let Some(old) = self.lock_streams().remove(name) {
+                    old.handle.stop();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Events as they are stored, from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Restarts decoders that stopped sending frames.
+    pub fn check_stalls(&self) {
+        for running in self.lock_streams().values() {
+            running.handle.check_stall();
+        }
+    }
+
+    /// Applies the retention limits once.
+    pub fn sweep(&self) -> Result<SweepReport, ServiceError> {
+        let retention = Retention {
+            max_age_ms: Some(self.config.retention.max_age.as_millis() as i64),
+            max_bytes: Some(self.config.retention.max_size.bytes()),
+        };
+        Ok(self.db().sweep(&retention, domain::now_ms())?)
+    }
+
+    /// Stops every stream, ending (and recording) their objects.
+    pub fn shutdown(&self) {
+        let streams = std::mem::take(&mut *self.lock_streams());
+        for (_, running) in streams {
+            running.handle.stop();
+        }
+    }
+}
+
+fn view(name: &str, running: &Running) -> StreamView {
+    StreamView {
+        name: name.to_string(),
+        origin: running.origin,
+        spec: running.spec.clone(),
+        status: running.handle.status(),
+    }
+}
+
+/// Turns one stream's [`LiveEvent`]s into stored objects and events.
+struct Sink {
+    stream: String,
+    db: Arc<Mutex<VideoDb>>,
+    events: broadcast::Sender<Event>,
+    /// The stored object of each open track, and its class.
+    objects: HashMap<u64, (i64, String)>,
+}
+
+impl Sink {
+    fn take(&mut self, event: LiveEvent) {
+        if let Err(error) = self.store(event) {
+            tracing::error!("stream {}: cannot store an event: {error}", self.stream);
+        }
+    }
+
+    fn new_event(&self, time_ms: i64, kind: EventKind) -> NewEvent {
+        NewEvent::new(time_ms, &self.stream, kind)
+    }
+
+    fn store(&mut self, event: LiveEvent) -> Result<(), DbError> {
+        let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let new = match event {
+            LiveEvent::Online {
+                time_ms,
+                width,
+                height,
+            } => NewEvent {
+                details: serde_json::json!({"width": width, "height": height}),
+                ..self.new_event(time_ms, EventKind::StreamOnline)
+            },
+            LiveEvent::Offline { time_ms, reason } => NewEvent {
+                details: serde_json::json!({"reason": reason}),
+                ..self.new_event(time_ms, EventKind::StreamOffline)
+            },
+            LiveEvent::Ended { .. } => return Ok(()),
+            LiveEvent::ObjectStarted { time_ms, track } => {
+                let id = db.start_object(&self.stream, &track.class, None, track.first_ms)?;
+                self.objects.insert(track.id, (id, track.class.clone()));
+                NewEvent {
+                    object: Some(id),
+                    class: Some(track.class.clone()),
+                    score: Some(track.best_score),
+                    details: serde_json::json!({"box": box_of(&track.bbox)}),
+                    ..self.new_event(time_ms, EventKind::ObjectStarted)
+                }
+            }
+            LiveEvent::ObjectEnded {
+                time_ms,
+                track,
+                snapshot,
+            } => {
+                let Some((id, _)) = self.objects.remove(&track.id) else {
+                    return Ok(());
+                };
+                let jpeg = snapshot.and_then(|s| {
+                    picture(&s)
+                        .map_err(|error| {
+                            tracing::warn!("stream {}: no snapshot: {error}", self.stream)
+                        })
+                        .ok()
+                });
+                db.end_object(
+                    id,
+                    track.last_ms,
+                    track.best_score,
+                    box_of(&track.best_bbox),
+                    jpeg.as_deref(),
+                )?;
+                NewEvent {
+                    object: Some(id),
+                    class: Some(track.class.clone()),
+                    score: Some(track.best_score),
+                    details: serde_json::json!({
+                        "started_ms": track.first_ms,
+                        "ended_ms": track.last_ms,
+                    }),
+                    ..self.new_event(time_ms, EventKind::ObjectEnded)
+                }
+            }
+            LiveEvent::Rule(rule) => {
+                let (time_ms, track, kind) = match &rule {
+                    RuleEvent::ZoneEntered { time_ms, track, .. } => {
+                        (*time_ms, *track, EventKind::ZoneEntered)
+                    }
+                    RuleEvent::ZoneLeft { time_ms, track, .. } => {
+                        (*time_ms, *track, EventKind::ZoneLeft)
+                    }
+                    RuleEvent::Loitered { time_ms, track, .. } => {
+                        (*time_ms, *track, EventKind::Loitered)
+                    }
+                    RuleEvent::LineCrossed { time_ms, track, .. } => {
+                        (*time_ms, *track, EventKind::LineCrossed)
+                    }
+                };
+                let object = self.objects.get(&track);
+                let mut new = NewEvent {
+                    object: object.map(|(id, _)| *id),
+                    class: object.map(|(_, class)| class.clone()),
+                    ..self.new_event(time_ms, kind)
+                };
+                match rule {
+                    RuleEvent::ZoneEntered { zone, .. }
+                    | RuleEvent::ZoneLeft { zone, .. }
+                    | RuleEvent::Loitered { zone, .. } => new.zone = Some(zone),
+                    RuleEvent::LineCrossed {
+                        line, direction, ..
+                    } => {
+                        new.line = Some(line);
+                        new.direction = Some(direction);
+                    }
+                }
+                new
+            }
+        };
+        let stored = db.insert_event(&new)?;
+        drop(db);
+        let _ = self.events.send(stored);
+        Ok(())
+    }
+}
+
+/// The JPEG of an object's best moment: its box with a margin around it.
+fn picture(s: &crate::pipeline::Snapshot) -> Result<Vec<u8>, snapshot::SnapshotError> {
+    let frame = snapshot::Frame::gray(&s.gray, s.width, s.height)?;
+    let region = snapshot::crop_around(&s.bbox, snapshot::DEFAULT_MARGIN, s.width, s.height)?;
+    snapshot::encode(&frame, Some(region), snapshot::DEFAULT_QUALITY)
+}
+
+fn box_of(b: &crate::track::BoxF) -> [f32; 4] {
+    [b.x0, b.y0, b.x1, b.y1]
+}
