@@ -29,6 +29,8 @@ pub struct AppState {
     pub gpus: Arc<gpu::Gpus>,
     pub gateway: Arc<gateway::Gateway>,
     pub info: Arc<ServerInfo>,
+    /// The `[video]` table, for the video service (`GET /v1/config/video`).
+    pub video: Arc<domain::VideoConfig>,
 }
 
 /// Serves the control API on `listener` until `shutdown` resolves.

@@ -41,6 +41,7 @@ use crate::{convert, models, AppState};
     ),
     paths(
         status,
+        video_config,
         devices,
         list_services,
         get_service,
@@ -112,6 +113,7 @@ pub fn openapi_json() -> String {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/status", get(status))
+        .route("/v1/config/video", get(video_config))
         .route("/v1/devices", get(devices))
         .route("/v1/services", get(list_services))
         .route(
@@ -185,6 +187,14 @@ pub(crate) async fn blocking<T: Send + 'static>(
 #[utoipa::path(get, path = "/v1/status", responses((status = 200, body = ServerInfo)))]
 async fn status(State(state): State<AppState>) -> Json<ServerInfo> {
     Json((*state.info).clone())
+}
+
+/// The `[video]` table as the video service reads it at start: streams with their zones, lines
+/// and masks (coordinates in [0, 1] of the frame), motion settings and retention. The file's
+/// values are checked when Flowers starts; this is the result, every default filled in.
+#[utoipa::path(get, path = "/v1/config/video", responses((status = 200, body = Object)))]
+async fn video_config(State(state): State<AppState>) -> Json<domain::VideoConfig> {
+    Json((*state.video).clone())
 }
 
 #[utoipa::path(get, path = "/v1/devices", responses((status = 200, body = DevicesResponse)))]

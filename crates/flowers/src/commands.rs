@@ -116,6 +116,7 @@ pub async fn client_command(api: &str, json: bool, command: Command) -> anyhow::
         | Command::Bench(_)
         | Command::Engine(_)
         | Command::Rag(_)
+        | Command::Video(_)
         | Command::Gateway { action: Some(_) } => {
             unreachable!("handled in main")
         }

@@ -28,6 +28,9 @@ pub enum EngineCommand {
     /// Serve document collections with hybrid search and cited answers (the RAG service):
     /// embeddings and answers come from the embed and chat engines through the gateway.
     Rag(RagArgs),
+    /// Analyse camera streams and recordings (the video service): motion, tracking, zones
+    /// and counting lines, with events and snapshots kept in video.sqlite.
+    Video(crate::video_engine::VideoArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -208,7 +211,15 @@ impl DevicePlan {
 
 impl EngineArgs {
     fn address(&self) -> anyhow::Result<SocketAddr> {
-        match (self.listen, self.port) {
+        EngineArgs::address_of(self.listen, self.port)
+    }
+
+    /// Where an engine listens: `--listen`, else 127.0.0.1 on FLOWERS_PORT.
+    pub(crate) fn address_of(
+        listen: Option<SocketAddr>,
+        port: Option<u16>,
+    ) -> anyhow::Result<SocketAddr> {
+        match (listen, port) {
             (Some(address), _) => Ok(address),
             (None, Some(port)) => Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
             (None, None) => anyhow::bail!(
@@ -224,18 +235,27 @@ pub async fn run(command: EngineCommand) -> anyhow::Result<ExitCode> {
         EngineCommand::Embed(args) => embed(args).await,
         EngineCommand::Chat(args) => chat(args).await,
         EngineCommand::Rag(args) => rag(args).await,
+        EngineCommand::Video(args) => crate::video_engine::run(args).await,
     }
 }
 
-async fn rag(args: RagArgs) -> anyhow::Result<ExitCode> {
-    let address = EngineArgs {
-        model: PathBuf::new(),
-        listen: args.listen,
-        port: args.port,
-        model_version: None,
-        device: None,
+/// The path an engine's routes start with: `--prefix`, else the first of the service's
+/// routes (FLOWERS_ROUTE_PREFIXES), else none; without a trailing '/'.
+pub(crate) fn route_prefix(prefix: Option<&str>, prefixes: Option<&str>) -> anyhow::Result<String> {
+    let prefix = match (prefix, prefixes) {
+        (Some(prefix), _) => prefix,
+        (None, Some(prefixes)) => prefixes.split(' ').next().unwrap_or_default(),
+        (None, None) => "",
+    };
+    let prefix = prefix.trim_end_matches('/').to_string();
+    if !prefix.is_empty() && !prefix.starts_with('/') {
+        anyhow::bail!("--prefix {prefix:?} must start with '/'");
     }
-    .address()?;
+    Ok(prefix)
+}
+
+async fn rag(args: RagArgs) -> anyhow::Result<ExitCode> {
+    let address = EngineArgs::address_of(args.listen, args.port)?;
     let dir = match (&args.data, &args.service_data) {
         (Some(dir), _) => dir.clone(),
         (None, Some(service)) => service.join("rag"),
@@ -243,15 +263,7 @@ async fn rag(args: RagArgs) -> anyhow::Result<ExitCode> {
             "no directory for the collections: pass --data DIR (Flowers sets FLOWERS_DATA_DIR for its services)"
         ),
     };
-    let prefix = match (&args.prefix, &args.route_prefixes) {
-        (Some(prefix), _) => prefix.clone(),
-        (None, Some(prefixes)) => prefixes.split(' ').next().unwrap_or_default().to_string(),
-        (None, None) => String::new(),
-    };
-    let prefix = prefix.trim_end_matches('/').to_string();
-    if !prefix.is_empty() && !prefix.starts_with('/') {
-        anyhow::bail!("--prefix {prefix:?} must start with '/'");
-    }
+    let prefix = route_prefix(args.prefix.as_deref(), args.route_prefixes.as_deref())?;
     let engines = args.engines.trim_end_matches('/').to_string();
     let open_dir = dir.clone();
     let library = tokio::task::spawn_blocking(move || {
@@ -363,7 +375,7 @@ fn with_model_version(router: Router, args: &EngineArgs) -> anyhow::Result<Route
 
 /// Serves `router` plus `/healthz` until SIGTERM or Ctrl-C, then finishes the requests in
 /// flight: Flowers drains a replica before it stops it, so few remain.
-async fn serve(address: SocketAddr, router: Router) -> anyhow::Result<ExitCode> {
+pub(crate) async fn serve(address: SocketAddr, router: Router) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address}"))?;

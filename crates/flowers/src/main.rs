@@ -12,6 +12,8 @@ mod rag_cli;
 mod routes;
 mod table;
 mod up;
+mod video_cli;
+mod video_engine;
 mod vram;
 
 use std::ffi::OsString;
@@ -124,6 +126,9 @@ enum Command {
     Bench(BenchCommand),
     /// Collections, ingest, search and cited answers of the RAG service (through the gateway).
     Rag(rag_cli::RagArgs),
+    /// Streams, events and snapshots of the video service (through the gateway), and `scan`
+    /// to analyse a file here with no server.
+    Video(video_cli::VideoArgs),
     /// Run a built-in model engine (Flowers starts these as services; see `engine embed --help`).
     #[command(subcommand)]
     Engine(engine::EngineCommand),
@@ -185,6 +190,7 @@ fn main() -> ExitCode {
             }
             Command::Engine(command) => engine::run(command).await,
             Command::Rag(args) => rag_cli::run(args, cli.json).await,
+            Command::Video(args) => video_cli::run(args, cli.json).await,
             Command::Openapi => {
                 println!("{}", api::openapi_json());
                 Ok(ExitCode::SUCCESS)

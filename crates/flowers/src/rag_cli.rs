@@ -77,10 +77,16 @@ pub enum RagAction {
     DeleteCollection { name: String },
 }
 
-struct Rag {
-    http: reqwest::Client,
-    base: String,
+/// A client of one of Flowers' built-in services, through the gateway.
+pub(crate) struct ServiceClient {
+    pub http: reqwest::Client,
+    /// The gateway and the service's route, e.g. `http://127.0.0.1:8080/rag`.
+    pub base: String,
+    /// The service's name in messages ("the RAG service").
+    pub what: &'static str,
 }
+
+type Rag = ServiceClient;
 
 #[derive(Deserialize)]
 struct ErrorBody {
@@ -88,13 +94,13 @@ struct ErrorBody {
     message: String,
 }
 
-impl Rag {
-    fn url(&self, path: &str) -> String {
+impl ServiceClient {
+    pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     /// The answer when it is a success, else the service's `{code, message}` as the error.
-    async fn check(&self, response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+    pub async fn check(&self, response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -102,26 +108,29 @@ impl Rag {
         let body = response.text().await.unwrap_or_default();
         match serde_json::from_str::<ErrorBody>(&body) {
             Ok(error) => bail!("{} ({status}): {}", error.code, error.message),
-            Err(_) => bail!("the RAG service answered {status}: {}", body.trim()),
+            Err(_) => bail!("{} answered {status}: {}", self.what, body.trim()),
         }
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+    pub async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
         let response = request.send().await.with_context(|| {
             format!(
-                "cannot reach the RAG service at {} (is Flowers up, with a rag service routed there?)",
-                self.base
+                "cannot reach {} at {} (is Flowers up, with the service routed there?)",
+                self.what, self.base
             )
         })?;
         self.check(response).await
     }
 
-    async fn get_json<T: for<'de> Deserialize<'de>>(&self, path: &str) -> anyhow::Result<T> {
+    pub async fn get_json<T: for<'de> Deserialize<'de>>(&self, path: &str) -> anyhow::Result<T> {
         let response = self.send(self.http.get(self.url(path))).await?;
         response
             .json()
             .await
-            .context("the RAG service's answer is not what was expected")
+            .with_context(|| format!("{}'s answer is not what was expected", self.what))
     }
 
     async fn post_json<T: for<'de> Deserialize<'de>>(
@@ -133,12 +142,13 @@ impl Rag {
         response
             .json()
             .await
-            .context("the RAG service's answer is not what was expected")
+            .with_context(|| format!("{}'s answer is not what was expected", self.what))
     }
 }
 
 pub async fn run(args: RagArgs, json: bool) -> anyhow::Result<ExitCode> {
     let rag = Rag {
+        what: "the RAG service",
         http: reqwest::Client::new(),
         base: format!(
             "{}{}",
@@ -172,7 +182,7 @@ pub async fn run(args: RagArgs, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// A path segment or query value, percent-encoded.
-fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         match byte {

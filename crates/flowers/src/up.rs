@@ -233,6 +233,7 @@ pub async fn up(args: UpArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         gpus,
         gateway: gateway.clone(),
         info: Arc::new(info),
+        video: Arc::new(config.video.clone()),
     };
     let (stop_servers, servers_stopped) = tokio::sync::watch::channel(false);
     let api_task = {

@@ -1,0 +1,150 @@
+//! `flowers engine video`: the video analysis service. Streams come from the `[video]` table
+//! of the config Flowers runs with (asked of the control API, `GET /v1/config/video`, at
+//! start) and from `PUT /video/v1/streams/NAME`; events and snapshots are kept in
+//! `video.sqlite` in the service's data directory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::engine::{serve, EngineArgs};
+
+#[derive(clap::Args, Debug)]
+pub struct VideoArgs {
+    /// Where video.sqlite and the snapshots live. Default: `video` in the service's data
+    /// directory, FLOWERS_DATA_DIR.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    #[arg(long, env = "FLOWERS_DATA_DIR", hide = true)]
+    service_data: Option<PathBuf>,
+    /// Read the `[video]` table from this flowers.toml instead of asking Flowers' control API
+    /// (for running the service by hand).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Flowers' control API, which Flowers sets (FLOWERS_CONTROL_URL).
+    #[arg(long, env = "FLOWERS_CONTROL_URL", value_name = "URL")]
+    control: Option<String>,
+    /// The path every route starts with (default: the service's first route, from
+    /// FLOWERS_ROUTE_PREFIXES, e.g. `/video`).
+    #[arg(long)]
+    prefix: Option<String>,
+    #[arg(long, env = "FLOWERS_ROUTE_PREFIXES", hide = true)]
+    route_prefixes: Option<String>,
+    /// Where to listen (default: 127.0.0.1 on FLOWERS_PORT, which Flowers sets).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    #[arg(long, env = "FLOWERS_PORT", hide = true)]
+    port: Option<u16>,
+    /// The ffmpeg program that decodes the streams.
+    #[arg(long, default_value = "ffmpeg", value_name = "PATH")]
+    ffmpeg: PathBuf,
+    /// A stream whose decoder sends no frame this long is restarted.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    stall_timeout: Duration,
+    /// The longest wait between restarts of a failing stream.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    backoff_max: Duration,
+    #[arg(long, env = "CUDA_VISIBLE_DEVICES", hide = true)]
+    cuda_visible_devices: Option<String>,
+}
+
+pub async fn run(args: VideoArgs) -> anyhow::Result<ExitCode> {
+    let address = EngineArgs::address_of(args.listen, args.port)?;
+    let dir = match (&args.data, &args.service_data) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(service)) => service.join("video"),
+        (None, None) => anyhow::bail!(
+            "no directory for the events: pass --data DIR (Flowers sets FLOWERS_DATA_DIR for its services)"
+        ),
+    };
+    let prefix =
+        crate::engine::route_prefix(args.prefix.as_deref(), args.route_prefixes.as_deref())?;
+    let config = match (&args.config, &args.control) {
+        (Some(path), _) => {
+            let config = config::load_file(path, &crate::up::environment(), &Default::default())
+                .map_err(|error| anyhow::anyhow!("{error}"))?;
+            config.video
+        }
+        (None, Some(control)) => fetch_config(control).await?,
+        (None, None) => anyhow::bail!(
+            "no [video] table to read: pass --config FLOWERS_TOML (Flowers sets FLOWERS_CONTROL_URL for its services)"
+        ),
+    };
+    let live = video::LiveOptions {
+        ffmpeg: args.ffmpeg.clone(),
+        stall_timeout: args.stall_timeout,
+        backoff_max: args.backoff_max,
+        gpu: args
+            .cuda_visible_devices
+            .as_deref()
+            .is_some_and(|devices| !devices.trim().is_empty()),
+        ..video::LiveOptions::default()
+    };
+    let streams = config.streams.len();
+    let options = video::ServiceOptions {
+        data_dir: dir.clone(),
+        config,
+        live,
+    };
+    let service = tokio::task::spawn_blocking(move || video::VideoService::start(options))
+        .await
+        .context("the starting thread panicked")?
+        .with_context(|| format!("cannot open the video store in {}", dir.display()))?;
+    println!(
+        "video engine: {streams} streams from the config, events in {}, routes under {}/v1",
+        dir.display(),
+        prefix
+    );
+    let watchdog = {
+        let service = Arc::clone(&service);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut seconds = 0u64;
+            loop {
+                tick.tick().await;
+                service.check_stalls();
+                seconds += 1;
+                // Retention: at start, then every minute.
+                if seconds % 60 == 1 {
+                    let service = Arc::clone(&service);
+                    match tokio::task::spawn_blocking(move || service.sweep()).await {
+                        Ok(Ok(report)) if report.objects > 0 || report.events > 0 => {
+                            tracing::info!("retention: {report:?}")
+                        }
+                        Ok(Err(error)) => tracing::error!("retention: {error}"),
+                        _ => {}
+                    }
+                }
+            }
+        })
+    };
+    let code = serve(address, video::http::router(Arc::clone(&service), &prefix)).await;
+    watchdog.abort();
+    // Streams end their objects (recorded with snapshots) before the process exits.
+    tokio::task::spawn_blocking(move || service.shutdown())
+        .await
+        .context("the stopping thread panicked")?;
+    code
+}
+
+async fn fetch_config(control: &str) -> anyhow::Result<domain::VideoConfig> {
+    let url = format!("{}/v1/config/video", control.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .with_context(|| format!("cannot ask {url} for the [video] table"))?;
+    let status = response.status();
+    if !status.is_success() {
+        anyhow::bail!("{url} answered {status}");
+    }
+    response
+        .json()
+        .await
+        .with_context(|| format!("{url} did not answer a [video] table"))
+}
