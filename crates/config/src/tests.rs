@@ -1082,7 +1082,7 @@ treshold = 3
         "flowers.toml:5: video.streams.front.hwaccel: expected \"auto\", \"cuda\" or \"none\", got \"nvdec\"",
         "flowers.toml:6: video.streams.front.min_score: expected a number from 0 and at most 1, got 1.5",
         "flowers.toml:7: video.streams.front.masks: polygon 1: a polygon needs 3 to 256 points, got 2",
-        "flowers.toml:9: video.streams.front.zones.door.polygon: point 3: the point is outside the frame: coordinates are fractions of its width and height, each in [0, 1]",
+        "flowers.toml:9: video.streams.front.zones.door.polygon: point 3: [1.2, 0.3] is outside the frame: coordinates are fractions of its width and height, each in [0, 1]",
         "flowers.toml:10: video.streams.front.lines.gate.to: missing; give a point [x, y] with each in [0, 1]",
         "flowers.toml:12: video.streams.Back: expected a name of lowercase letters, digits and '-', starting with a letter, at most 48 characters; got \"Back\"",
         "flowers.toml:13: video.streams.Back.url: \"http:///nohost\" names no host",

@@ -344,10 +344,9 @@ fn point(value: &Value) -> Result<NormPoint, String> {
         Some(&[x, y]) if (0.0..=1.0).contains(&x) && (0.0..=1.0).contains(&y) => {
             Ok([x as f32, y as f32])
         }
-        Some(&[_, _]) => Err(format!(
-            "{} is outside the frame: coordinates are fractions of its width and height, \
-             each in [0, 1]",
-            got_of(value).replace("a list", "the point")
+        Some(&[x, y]) => Err(format!(
+            "[{x}, {y}] is outside the frame: coordinates are fractions of its width and \
+             height, each in [0, 1]"
         )),
         _ => Err(format!("expected a point [x, y], got {}", got_of(value))),
     }
