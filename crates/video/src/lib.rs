@@ -5,6 +5,7 @@
 //! ([`decode`]) whose frames [`y4m`] reads.
 
 pub mod decode;
+pub mod detect;
 pub mod geometry;
 pub mod motion;
 pub mod rules;
@@ -13,6 +14,7 @@ pub mod track;
 pub mod y4m;
 
 pub use decode::{DecodeError, DecodeOptions, Decoder};
+pub use detect::{DetectError, Detected, Detector, DetectorOptions, Layout, RgbImage};
 pub use geometry::{Direction, Line, Point, Polygon, Side};
 pub use motion::{downscale_half, MotionBox, MotionConfig, MotionDetector, MotionError};
 pub use rules::{anchor, CountLine, RuleEvent, Rules, Zone, ZONE_INERTIA};
