@@ -2,12 +2,13 @@
 //! runtime is a shared library opened from the path it is handed (the binary finds it; this
 //! crate never reads the environment), and the model a file exported by Ultralytics or YOLOv5.
 //! Pure parts apart, each tested without the runtime: the output [`layout`]s, [`letterbox`]ing,
-//! [`nms`] and the class [`names`].
+//! [`nms`] and the class [`names`]; the [`http`] router serves a [`Detector`] to many clients.
 //!
 //! A model is refused at load, naming its file and the shape, unless it has one float input
 //! `[B, 3, H, W]` and a float output in one of the three layouts; the batch dimension, when
 //! dynamic, lets [`Detector::detect`] run up to `max_batch` images in one call.
 
+pub mod http;
 pub mod layout;
 pub mod letterbox;
 pub mod names;
@@ -18,7 +19,7 @@ use std::sync::{Mutex, PoisonError};
 
 use ort::environment::Environment;
 use ort::session::Session;
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::value::{Outlet, TensorElementType, TensorRef, ValueType};
 use thiserror::Error;
 
 use crate::track::BoxF;
@@ -132,7 +133,7 @@ fn runtime(path: &Path) -> Result<Environment, DetectError> {
 }
 
 /// A loaded model, ready to look at images. One run at a time (ONNX Runtime's sessions are not
-/// safe to run concurrently).
+/// safe to run concurrently); the [`http`] router queues requests for one.
 pub struct Detector {
     session: Session,
     model: PathBuf,
@@ -162,13 +163,18 @@ impl std::fmt::Debug for Detector {
     }
 }
 
-/// The dimensions of a tensor outlet, and whether it holds f32.
-fn tensor_of(value: &ValueType) -> Option<(Vec<i64>, bool)> {
-    match value {
-        ValueType::Tensor { ty, shape, .. } => {
-            Some((shape.to_vec(), *ty == TensorElementType::Float32))
-        }
-        _ => None,
+/// The dimensions of a float32 tensor outlet (−1 where dynamic), or why it is not one.
+fn float_tensor_shape(outlet: &Outlet, what: &str) -> Result<Vec<i64>, String> {
+    match outlet.dtype() {
+        ValueType::Tensor {
+            ty: TensorElementType::Float32,
+            shape,
+            ..
+        } => Ok(shape.to_vec()),
+        other => Err(format!(
+            "{what} {} is {other}; a YOLO model's {what} is a float32 tensor",
+            outlet.name()
+        )),
     }
 }
 
@@ -200,16 +206,7 @@ impl Detector {
         let Some(output) = session.outputs().first() else {
             return Err(refused("has no outputs".into()));
         };
-        let input_shape = match tensor_of(input.dtype()) {
-            Some((shape, true)) => shape,
-            _ => {
-                return Err(refused(format!(
-                    "input {} is {}; a YOLO model takes a float32 tensor [B, 3, H, W]",
-                    input.name(),
-                    input.dtype()
-                )))
-            }
-        };
+        let input_shape = float_tensor_shape(input, "input").map_err(refused)?;
         let input_refused = |why: &str| {
             refused(format!(
                 "input {} has shape {input_shape:?}; {why}",
@@ -234,16 +231,7 @@ impl Detector {
                 "a fixed batch must be 1 (or export it dynamic)",
             ));
         }
-        let output_shape = match tensor_of(output.dtype()) {
-            Some((shape, true)) => shape,
-            _ => {
-                return Err(refused(format!(
-                    "output {} is {}; a YOLO model gives a float32 tensor",
-                    output.name(),
-                    output.dtype()
-                )))
-            }
-        };
+        let output_shape = float_tensor_shape(output, "output").map_err(refused)?;
 
         let metadata_names = session
             .metadata()
