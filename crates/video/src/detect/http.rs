@@ -12,10 +12,9 @@
 //!   The answer: `{"model", "version", "names", "results": [[{"class", "label", "score",
 //!   "box": [x0, y0, x1, y1]}, …], …]}`, one list per image in the request's order, boxes in
 //!   that image's pixels, most confident first.
-//! - `GET /healthz`: `ok` while the detector's thread runs.
+//! - `GET /healthz`: `ok` while the detector's thread runs, else 503.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use axum::body::Bytes;
@@ -79,12 +78,11 @@ fn router_with_queue(
 ) -> (Router, Arc<Queue>) {
     let queue = Arc::new(Queue::new(paused));
     let names = detector.names().to_vec();
-    let worker_alive = Arc::new(AtomicBool::new(true));
     let worker = {
-        let (queue, alive) = (queue.clone(), worker_alive.clone());
+        let queue = queue.clone();
         move || {
-            // Cleared however the thread ends, a panic included, for /healthz.
-            let _alive = ClearOnDrop(alive);
+            // However the thread ends, a panic included, no request is left waiting for it.
+            let _ended = WorkerEnded(queue.clone());
             serve_queue(detector, &queue);
         }
     };
@@ -96,7 +94,6 @@ fn router_with_queue(
         names: Arc::new(names),
         service: Arc::new(service.clone()),
         queue: Arc::new(CloseOnDrop(queue.clone())),
-        worker_alive,
     };
     let router = Router::new()
         .route("/v1/detect", post(detect))
@@ -111,14 +108,14 @@ struct Served {
     service: Arc<DetectService>,
     names: Arc<Vec<String>>,
     queue: Arc<CloseOnDrop>,
-    worker_alive: Arc<AtomicBool>,
 }
 
-struct ClearOnDrop(Arc<AtomicBool>);
+/// Tells the queue that the detector's thread has ended.
+struct WorkerEnded(Arc<Queue>);
 
-impl Drop for ClearOnDrop {
+impl Drop for WorkerEnded {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
+        self.0.worker_ended();
     }
 }
 
@@ -165,6 +162,8 @@ struct Waiting {
     background: VecDeque<Job>,
     paused: bool,
     closed: bool,
+    /// The detector's thread has ended: nothing will serve a request again.
+    ended: bool,
     /// Each run's images as (priority, count) per job, for the tests.
     #[cfg(test)]
     runs: Vec<Vec<(Priority, usize)>>,
@@ -184,6 +183,7 @@ impl Queue {
                 background: VecDeque::new(),
                 paused,
                 closed: false,
+                ended: false,
                 #[cfg(test)]
                 runs: Vec::new(),
             }),
@@ -196,13 +196,18 @@ impl Queue {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn push(&self, job: Job) {
+    /// Queues `job`, unless nothing will ever serve it.
+    fn push(&self, job: Job) -> Result<(), Job> {
         let mut waiting = self.lock();
+        if waiting.ended {
+            return Err(job);
+        }
         match job.priority {
             Priority::Live => waiting.live.push_back(job),
             Priority::Background => waiting.background.push_back(job),
         }
         self.changed.notify_all();
+        Ok(())
     }
 
     /// Puts a partly done job back first in its line.
@@ -217,6 +222,20 @@ impl Queue {
     fn close(&self) {
         self.lock().closed = true;
         self.changed.notify_all();
+    }
+
+    /// Drops every waiting job, whose clients then hear that the detector stopped, and refuses
+    /// new ones.
+    fn worker_ended(&self) {
+        let mut waiting = self.lock();
+        waiting.ended = true;
+        waiting.closed = true;
+        waiting.live.clear();
+        waiting.background.clear();
+    }
+
+    fn ended(&self) -> bool {
+        self.lock().ended
     }
 
     #[cfg(test)]
@@ -325,6 +344,16 @@ impl Failure {
             status: StatusCode::BAD_REQUEST,
             code: "bad_request",
             message: message.into(),
+        }
+    }
+
+    /// The detector's thread has ended (its log says why): the service must be restarted.
+    fn stopped() -> Failure {
+        Failure {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "unavailable",
+            message: "the detector has stopped; its log says why, and the service needs a restart"
+                .into(),
         }
     }
 
@@ -471,17 +500,20 @@ async fn detect(
     let images = parse_body(&body, max_images).map_err(Failure::bad_request)?;
     let (reply, answer) = oneshot::channel();
     let count = images.len();
-    served.queue.0.push(Job {
+    let job = Job {
         priority,
         body,
         images,
         next: 0,
         found: Vec::with_capacity(count),
         reply,
-    });
+    };
+    if served.queue.0.push(job).is_err() {
+        return Err(Failure::stopped());
+    }
     let found = answer
         .await
-        .map_err(|_| Failure::internal("the detector's thread ended before answering"))?
+        .map_err(|_| Failure::stopped())?
         .map_err(Failure::internal)?;
     let results = found
         .into_iter()
@@ -512,15 +544,10 @@ async fn detect(
 }
 
 async fn healthz(State(served): State<Served>) -> Response {
-    if served.worker_alive.load(Ordering::SeqCst) {
-        "ok\n".into_response()
+    if served.queue.0.ended() {
+        Failure::stopped().into_response()
     } else {
-        Failure {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "unavailable",
-            message: "the detector's thread has stopped; restart the service".into(),
-        }
-        .into_response()
+        "ok\n".into_response()
     }
 }
 

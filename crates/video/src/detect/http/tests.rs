@@ -261,3 +261,40 @@ async fn background_requests_wait_while_live_ones_do() {
         ]
     );
 }
+
+#[tokio::test]
+async fn once_the_detector_thread_ends_requests_get_503() {
+    let job = |priority| {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            priority,
+            body: Bytes::from_static(&[0, 0, 0]),
+            images: vec![(1, 1, 0)],
+            next: 0,
+            found: Vec::new(),
+            reply,
+        };
+        (job, answer)
+    };
+    // Waiting requests hear that nothing will serve them; new ones are refused.
+    let queue = Arc::new(Queue::new(true));
+    let (waiting, answer) = job(Priority::Background);
+    assert!(queue.push(waiting).is_ok());
+    drop(WorkerEnded(queue.clone()));
+    assert!(answer.await.is_err());
+    assert!(queue.push(job(Priority::Live).0).is_err());
+    assert!(queue.next_run(4).is_none());
+
+    // And the routes say so.
+    let dir = fixture_models(&["v8"]);
+    let detector = load(dir.path(), "v8", |_| {});
+    let (router, queue) = router_with_queue(detector, DetectService::new("detector", "1"), true);
+    let url = serve(router).await;
+    queue.worker_ended();
+    let health = reqwest::get(format!("{url}/healthz")).await.unwrap();
+    assert_eq!(health.status().as_u16(), 503);
+    let pixels = image(4, 2);
+    let (status, answer) = post(&url, body(&[(4, 2, &pixels)]), None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(answer["code"], "unavailable");
+}
