@@ -9,6 +9,7 @@
 
 pub mod db;
 pub mod decode;
+pub mod detect;
 pub mod geometry;
 pub mod http;
 pub mod live;
@@ -29,6 +30,7 @@ pub use decode::{
     ffmpeg_version, parse_ffmpeg_version, validate_source, DecodeError, DecodeOptions, Decoder,
     DecoderKiller, FfmpegVersion, RtspTransport,
 };
+pub use detect::{DetectError, Detected, Detector, DetectorOptions, Layout, RgbImage};
 pub use geometry::{Direction, Line, NormalisedPolygon, Point, Polygon, PolygonError, Side};
 pub use live::{LiveEvent, LiveOptions, StreamHandle, StreamState, StreamStatus};
 pub use motion::{downscale_half, mask_of, MotionBox, MotionConfig, MotionDetector, MotionError};
@@ -36,7 +38,7 @@ pub use pipeline::{Pipeline, PipelineOptions, Snapshot, Step, StreamMotion};
 pub use rules::{anchor, CountLine, RuleEvent, Rules, Zone, ZONE_INERTIA};
 pub use scan::{scan, ScanError, ScanEvent, ScanOptions, ScanReport};
 pub use service::{Origin, ServiceError, ServiceOptions, StreamView, VideoService};
-pub use snapshot::{crop_around, Frame, Layout, Rect, SnapshotError};
+pub use snapshot::{crop_around, Frame, Rect, SnapshotError};
 pub use track::{BoxF, Detection, Track, TrackEvent, Tracker, TrackerConfig, TrackerError};
 pub use y4m::{Colour, Y4mError, Y4mHeader, Y4mReader};
 
