@@ -31,6 +31,9 @@ pub enum EngineCommand {
     /// Analyse camera streams and recordings (the video service): motion, tracking, zones
     /// and counting lines, with events and snapshots kept in video.sqlite.
     Video(crate::video_engine::VideoArgs),
+    /// Serve a YOLO-family ONNX object detector (v5, v8/v11 or end-to-end outputs) on ONNX
+    /// Runtime: `POST /v1/detect` with raw RGB images, batched across requests.
+    Detect(crate::video_engine::DetectArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -93,22 +96,22 @@ pub struct EngineArgs {
     /// The model's files. Flowers sets FLOWERS_MODEL_PATH to the promoted version of the
     /// service's Model.
     #[arg(long, env = "FLOWERS_MODEL_PATH", value_name = "PATH")]
-    model: PathBuf,
+    pub(crate) model: PathBuf,
     /// Where to listen (default: 127.0.0.1 on FLOWERS_PORT, which Flowers sets).
     #[arg(long, value_name = "ADDR")]
-    listen: Option<SocketAddr>,
+    pub(crate) listen: Option<SocketAddr>,
     /// The port on 127.0.0.1 when --listen is not given.
     #[arg(long, env = "FLOWERS_PORT", hide = true)]
-    port: Option<u16>,
+    pub(crate) port: Option<u16>,
     /// The version of the Model being served, which Flowers sets: every answer says it in
     /// an `x-flowers-model-version` header (the RAG service records it with its vectors).
     #[arg(long, env = "FLOWERS_MODEL_VERSION", hide = true)]
-    model_version: Option<String>,
+    pub(crate) model_version: Option<String>,
     /// Where the model runs. Default: the GPU when Flowers placed the Run on one (it sets
     /// CUDA_VISIBLE_DEVICES to the GPU's UUID), else the CPU. `cuda` needs a binary built
     /// with the `cuda` feature; without it the engine says so and runs on the CPU.
     #[arg(long, value_enum, value_name = "DEVICE")]
-    device: Option<DeviceFlag>,
+    pub(crate) device: Option<DeviceFlag>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,6 +239,7 @@ pub async fn run(command: EngineCommand) -> anyhow::Result<ExitCode> {
         EngineCommand::Chat(args) => chat(args).await,
         EngineCommand::Rag(args) => rag(args).await,
         EngineCommand::Video(args) => crate::video_engine::run(args).await,
+        EngineCommand::Detect(args) => crate::video_engine::detect(args).await,
     }
 }
 
@@ -376,11 +380,18 @@ fn with_model_version(router: Router, args: &EngineArgs) -> anyhow::Result<Route
 /// Serves `router` plus `/healthz` until SIGTERM or Ctrl-C, then finishes the requests in
 /// flight: Flowers drains a replica before it stops it, so few remain.
 pub(crate) async fn serve(address: SocketAddr, router: Router) -> anyhow::Result<ExitCode> {
+    serve_with_health(address, router.route("/healthz", get(|| async { "ok\n" }))).await
+}
+
+/// [`serve`] for a router that answers `/healthz` itself.
+pub(crate) async fn serve_with_health(
+    address: SocketAddr,
+    router: Router,
+) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
     println!("listening on http://{}", listener.local_addr()?);
-    let router = router.route("/healthz", get(|| async { "ok\n" }));
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     axum::serve(listener, router)

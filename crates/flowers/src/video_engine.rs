@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::engine::{serve, EngineArgs};
+use crate::engine::{serve, serve_with_health, DeviceFlag, EngineArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct VideoArgs {
@@ -147,4 +147,94 @@ async fn fetch_config(control: &str) -> anyhow::Result<domain::VideoConfig> {
         .json()
         .await
         .with_context(|| format!("{url} did not answer a [video] table"))
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DetectArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// ONNX Runtime's library (libonnxruntime.so, 1.31 or newer; `scripts/ort-path` finds the
+    /// one scripts/setup installs).
+    #[arg(long, env = "FLOWERS_ORT_LIB", value_name = "PATH")]
+    ort_lib: PathBuf,
+    /// Class names, one per line (default: the model's `names` metadata, else
+    /// `labels.txt` beside the model, else class0, class1, …).
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
+    /// The output layout when the shape does not tell: v5, v8 (v11) or e2e.
+    #[arg(long)]
+    layout: Option<String>,
+    /// The least score kept.
+    #[arg(long, default_value_t = 0.25)]
+    conf: f32,
+    /// Boxes of one class overlapping more than this are one.
+    #[arg(long, default_value_t = 0.7)]
+    iou: f32,
+    /// The model's name in answers (default: the Model Flowers serves, FLOWERS_MODEL).
+    #[arg(long, env = "FLOWERS_MODEL", default_value = "detector")]
+    name: String,
+}
+
+/// The `.onnx` file of a model version: the path itself, or the one `.onnx` file in it.
+fn onnx_file(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .collect();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => anyhow::bail!("{} holds no .onnx file", path.display()),
+        _ => anyhow::bail!(
+            "{} holds {} .onnx files; name one with --model",
+            path.display(),
+            found.len()
+        ),
+    }
+}
+
+pub async fn detect(args: DetectArgs) -> anyhow::Result<ExitCode> {
+    let address = EngineArgs::address_of(args.engine.listen, args.engine.port)?;
+    if args.engine.device == Some(DeviceFlag::Cuda) {
+        anyhow::bail!(
+            "--device cuda: the detector runs on ONNX Runtime's CPU provider only in this build"
+        );
+    }
+    let model = onnx_file(&args.engine.model)?;
+    let labels = args.labels.clone().or_else(|| {
+        let beside = model.with_file_name("labels.txt");
+        beside.is_file().then_some(beside)
+    });
+    let mut options = video::DetectorOptions::new(model.clone(), args.ort_lib.clone());
+    options.labels = labels;
+    options.conf = args.conf;
+    options.iou = args.iou;
+    if let Some(layout) = &args.layout {
+        options.layout = Some(
+            layout
+                .parse()
+                .map_err(|error: String| anyhow::anyhow!("--layout: {error}"))?,
+        );
+    }
+    let detector = tokio::task::spawn_blocking(move || video::Detector::load(&options))
+        .await
+        .context("the loading thread panicked")?
+        .with_context(|| format!("cannot load the detector {}", model.display()))?;
+    println!(
+        "detect engine: {} ({} classes, {:?} layout, input {:?}) on the CPU",
+        model.display(),
+        detector.names().len(),
+        detector.layout(),
+        detector.input_size()
+    );
+    let version = args
+        .engine
+        .model_version
+        .clone()
+        .unwrap_or_else(|| "unversioned".to_string());
+    let service = video::detect::http::DetectService::new(args.name.clone(), version);
+    serve_with_health(address, video::detect::http::router(detector, service)).await
 }
