@@ -388,6 +388,16 @@ pub(crate) async fn serve_with_health(
     address: SocketAddr,
     router: Router,
 ) -> anyhow::Result<ExitCode> {
+    serve_until_signal(address, router, || {}).await
+}
+
+/// Serves until SIGTERM or SIGINT, then drains. `on_signal` runs first: responses that never
+/// end by themselves (event streams) must be ended there, or the drain would wait for them.
+pub(crate) async fn serve_until_signal(
+    address: SocketAddr,
+    router: Router,
+    on_signal: impl FnOnce() + Send + 'static,
+) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
@@ -400,6 +410,7 @@ pub(crate) async fn serve_with_health(
                 _ = terminate.recv() => {}
                 _ = interrupt.recv() => {}
             }
+            on_signal();
         })
         .await
         .context("the HTTP server failed")?;

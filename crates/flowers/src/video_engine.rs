@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::engine::{serve, serve_with_health, DeviceFlag, EngineArgs};
+use crate::engine::{serve_until_signal, serve_with_health, DeviceFlag, EngineArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct VideoArgs {
@@ -122,7 +122,10 @@ pub async fn run(args: VideoArgs) -> anyhow::Result<ExitCode> {
             }
         })
     };
-    let code = serve(address, video::http::router(Arc::clone(&service), &prefix)).await;
+    let router = video::http::router(Arc::clone(&service), &prefix)
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+    let closing = Arc::clone(&service);
+    let code = serve_until_signal(address, router, move || closing.close_followers()).await;
     watchdog.abort();
     // Streams end their objects (recorded with snapshots) before the process exits.
     tokio::task::spawn_blocking(move || service.shutdown())

@@ -279,6 +279,7 @@ async fn events(
         return Ok(Json(json!({"events": stored})).into_response());
     };
     let mut last = stored.last().map(|e| e.id).or(query.after_id).unwrap_or(0);
+    let mut closing = service.closing();
     let (sender, events) = tokio::sync::mpsc::channel::<SseEvent>(64);
     tokio::spawn(async move {
         for event in stored {
@@ -287,7 +288,11 @@ async fn events(
             }
         }
         loop {
-            match receiver.recv().await {
+            let received = tokio::select! {
+                received = receiver.recv() => received,
+                _ = closing.wait_for(|closing| *closing) => return,
+            };
+            match received {
                 Ok(event) => {
                     if event.id <= last || !matches(&query, &event) {
                         continue;

@@ -68,6 +68,8 @@ pub struct VideoService {
     db: Arc<Mutex<VideoDb>>,
     streams: Mutex<BTreeMap<String, Running>>,
     events: broadcast::Sender<Event>,
+    /// Set when the service is stopping: followers' event streams end.
+    closing: tokio::sync::watch::Sender<bool>,
     config: VideoConfig,
     live: LiveOptions,
 }
@@ -92,6 +94,7 @@ impl VideoService {
             db: Arc::new(Mutex::new(db)),
             streams: Mutex::new(BTreeMap::new()),
             events: broadcast::channel(FOLLOWER_BACKLOG).0,
+            closing: tokio::sync::watch::channel(false).0,
             config: options.config.clone(),
             live: options.live,
         });
@@ -202,6 +205,17 @@ impl VideoService {
     /// Events as they are stored, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Ends every follower's event stream (the service is stopping; they reconnect to the
+    /// next one with `Last-Event-ID`).
+    pub fn close_followers(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Changes to true when followers must stop.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// Restarts decoders that stopped sending frames.
