@@ -576,6 +576,10 @@ fn embedded_default_loads_cleanly() {
     let rag = &config.services[&Name::new("rag").unwrap()];
     assert_eq!(rag.command, ["flowers", "engine", "rag"]);
     assert_eq!(rag.routes[0].path_prefix, "/rag");
+    let video = &config.services[&Name::new("video").unwrap()];
+    assert_eq!(video.command, ["flowers", "engine", "video"]);
+    assert_eq!(video.replace, ReplaceStrategy::StopFirst);
+    assert!(config.video.streams.is_empty());
     // The environment still applies to it.
     let env = with_vars(&[("FLOWERS_CPU_SLOTS", "2")]);
     let config = embedded(&env, &Overrides::default()).unwrap();

@@ -17,3 +17,4 @@ mod logs;
 mod models;
 mod promotion;
 mod tidy;
+mod video;
