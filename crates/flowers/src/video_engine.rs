@@ -50,6 +50,16 @@ pub struct VideoArgs {
     backoff_max: Duration,
     #[arg(long, env = "CUDA_VISIBLE_DEVICES", hide = true)]
     cuda_visible_devices: Option<String>,
+    /// The object detector's `/v1/detect` (default: the gateway's, FLOWERS_GATEWAY_URL, where
+    /// the embedded default routes `flowers engine detect`). While it cannot answer (no model
+    /// imported yet), streams track motion and ask again every 30 s.
+    #[arg(long, value_name = "URL", conflicts_with = "no_detector")]
+    detector: Option<String>,
+    /// Motion only: never ask a detector.
+    #[arg(long)]
+    no_detector: bool,
+    #[arg(long, env = "FLOWERS_GATEWAY_URL", hide = true)]
+    gateway: Option<String>,
 }
 
 pub async fn run(args: VideoArgs) -> anyhow::Result<ExitCode> {
@@ -82,8 +92,21 @@ pub async fn run(args: VideoArgs) -> anyhow::Result<ExitCode> {
             .cuda_visible_devices
             .as_deref()
             .is_some_and(|devices| !devices.trim().is_empty()),
+        detector: detector_url(&args).map(|url| video::live::DetectorLink {
+            options: video::detect::client::DetectorClientOptions::new(url),
+            runtime: tokio::runtime::Handle::current(),
+            state: Arc::new(std::sync::Mutex::new(
+                video::detect::client::DetectorState::Unknown,
+            )),
+        }),
         ..video::LiveOptions::default()
     };
+    let detector = live
+        .detector
+        .as_ref()
+        .map_or("none (motion only)".to_string(), |link| {
+            link.options.url.clone()
+        });
     let streams = config.streams.len();
     let options = video::ServiceOptions {
         data_dir: dir.clone(),
@@ -95,7 +118,7 @@ pub async fn run(args: VideoArgs) -> anyhow::Result<ExitCode> {
         .context("the starting thread panicked")?
         .with_context(|| format!("cannot open the video store in {}", dir.display()))?;
     println!(
-        "video engine: {streams} streams from the config, events in {}, routes under {}/v1",
+        "video engine: {streams} streams from the config, events in {}, routes under {}/v1, detector {detector}",
         dir.display(),
         prefix
     );
@@ -132,6 +155,18 @@ pub async fn run(args: VideoArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("the stopping thread panicked")?;
     code
+}
+
+/// `--detector`, else the gateway's `/v1/detect`; none with `--no-detector` or no gateway.
+fn detector_url(args: &VideoArgs) -> Option<String> {
+    if args.no_detector {
+        return None;
+    }
+    args.detector.clone().or_else(|| {
+        args.gateway
+            .as_ref()
+            .map(|gateway| format!("{}/v1/detect", gateway.trim_end_matches('/')))
+    })
 }
 
 async fn fetch_config(control: &str) -> anyhow::Result<domain::VideoConfig> {

@@ -219,6 +219,12 @@ pub struct DecodeOptions {
     /// The program's version when known; `None`: asked of it (once) when a flag depends on
     /// it.
     pub ffmpeg_version: Option<FfmpegVersion>,
+    /// Frames with colour (YUV 4:2:0: the luma plane, then the two chroma planes at half
+    /// size each way) for a detector; without it, luma only.
+    pub colour: bool,
+    /// Decode on an NVIDIA GPU (NVDEC, `-hwaccel cuda`); frames come back to memory for the
+    /// rest of the filters. Fails at start where there is no CUDA driver.
+    pub hwaccel: bool,
 }
 
 impl DecodeOptions {
@@ -232,6 +238,8 @@ impl DecodeOptions {
             rtsp_transport: RtspTransport::Tcp,
             io_timeout: Some(Duration::from_secs(10)),
             ffmpeg_version: None,
+            colour: false,
+            hwaccel: false,
         }
     }
 
@@ -241,13 +249,17 @@ impl DecodeOptions {
             && matches!(scheme(&self.input).as_deref(), Some("rtsp" | "rtsps"))
     }
 
-    /// The child's arguments: gray frames (motion needs only luma) as YUV4MPEG2 on stdout.
+    /// The child's arguments: gray frames (motion needs only luma), or YUV 4:2:0 with
+    /// [`DecodeOptions::colour`], as YUV4MPEG2 on stdout.
     /// `version` picks the RTSP timeout's flag; `None` is taken as a current ffmpeg.
     pub fn args(&self, version: Option<FfmpegVersion>) -> Vec<OsString> {
         let filter = format!("fps={}:round=up,scale={}:-2", self.fps, self.width);
         let mut input_options: Vec<String> = Vec::new();
         if self.live {
             input_options.extend(["-threads".to_string(), "1".to_string()]);
+        }
+        if self.hwaccel {
+            input_options.extend(["-hwaccel".to_string(), "cuda".to_string()]);
         }
         let timeout_us = self.io_timeout.map(|t| t.as_micros().max(1).to_string());
         match scheme(&self.input).as_deref() {
@@ -278,7 +290,7 @@ impl DecodeOptions {
             "-vf",
             &filter,
             "-pix_fmt",
-            "gray",
+            if self.colour { "yuv420p" } else { "gray" },
             "-f",
             "yuv4mpegpipe",
             "pipe:1",
@@ -518,6 +530,51 @@ mod tests {
         let header = decoder.header().unwrap();
         assert_eq!((header.width, header.height), (160, 120));
         assert_eq!(header.rate, Some((5, 1)));
+    }
+
+    #[test]
+    fn colour_frames_carry_both_chroma_planes_after_the_luma() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = DecodeOptions {
+            width: 160,
+            colour: true,
+            ..DecodeOptions::new(clip(dir.path()))
+        };
+        let mut decoder = Decoder::start(&options).unwrap();
+        let mut frame = Vec::new();
+        assert!(decoder.next_frame(&mut frame).unwrap());
+        assert_eq!(frame.len(), 160 * 120 + 2 * (80 * 60));
+    }
+
+    #[test]
+    fn nvdec_is_an_input_option_and_fails_clearly_without_a_driver() {
+        let options = DecodeOptions {
+            hwaccel: true,
+            ..DecodeOptions::new("/srv/a.mp4")
+        };
+        let args: Vec<String> = options
+            .args(None)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let hw = args.iter().position(|a| a == "-hwaccel").unwrap();
+        let input = args.iter().position(|a| a == "-i").unwrap();
+        assert!(hw < input && args[hw + 1] == "cuda", "{args:?}");
+        if std::path::Path::new("/dev/nvidia0").exists() {
+            return;
+        }
+        // Here there is no CUDA driver: ffmpeg says so, and the stream gets its words.
+        let dir = tempfile::tempdir().unwrap();
+        let mut frame = Vec::new();
+        let error = Decoder::start(&DecodeOptions {
+            hwaccel: true,
+            ..DecodeOptions::new(clip(dir.path()))
+        })
+        .unwrap()
+        .next_frame(&mut frame)
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("cuda") || error.contains("CUDA"), "{error}");
     }
 
     #[test]

@@ -109,7 +109,7 @@ pub fn router(service: Service, prefix: &str) -> Router {
 }
 
 async fn list_streams(State(service): State<Service>) -> Response {
-    Json(json!({"streams": service.streams()})).into_response()
+    Json(json!({"streams": service.streams(), "detector": service.detector()})).into_response()
 }
 
 async fn get_stream(

@@ -17,6 +17,7 @@ use serde::Serialize;
 use domain::{MotionSpec, StreamSpec};
 
 use crate::decode::{DecodeOptions, Decoder, DecoderKiller};
+use crate::detect::client::{DetectorClient, DetectorClientOptions, DetectorState};
 use crate::pipeline::{Pipeline, PipelineOptions, Snapshot, Step};
 use crate::rules::RuleEvent;
 use crate::track::Track;
@@ -33,8 +34,20 @@ pub struct LiveOptions {
     pub backoff_max: Duration,
     /// A connection that delivered frames this long resets the backoff.
     pub healthy_after: Duration,
-    /// Decode on the GPU (NVDEC) when the stream allows it (`hwaccel` auto or cuda).
+    /// The service was given a GPU: streams with `hwaccel = "auto"` decode on it (NVDEC),
+    /// falling back to software when it cannot start.
     pub gpu: bool,
+    /// Where objects are detected; motion only without.
+    pub detector: Option<DetectorLink>,
+}
+
+/// The detector service the streams ask, and the state they share about it.
+#[derive(Debug, Clone)]
+pub struct DetectorLink {
+    pub options: DetectorClientOptions,
+    /// The service's runtime, which runs the requests of the streams' threads.
+    pub runtime: tokio::runtime::Handle,
+    pub state: Arc<Mutex<DetectorState>>,
 }
 
 impl Default for LiveOptions {
@@ -46,6 +59,7 @@ impl Default for LiveOptions {
             backoff_max: Duration::from_secs(30),
             healthy_after: Duration::from_secs(60),
             gpu: false,
+            detector: None,
         }
     }
 }
@@ -308,6 +322,12 @@ fn decode_options(spec: &StreamSpec, options: &LiveOptions) -> DecodeOptions {
     decode.width = spec.width;
     decode.program = options.ffmpeg.clone();
     decode.live = spec.is_live();
+    decode.colour = options.detector.is_some();
+    decode.hwaccel = match spec.hwaccel {
+        domain::HwAccel::Cuda => true,
+        domain::HwAccel::Auto => options.gpu,
+        domain::HwAccel::None => false,
+    };
     decode.rtsp_transport = match spec.rtsp_transport {
         domain::RtspTransport::Tcp => crate::decode::RtspTransport::Tcp,
         domain::RtspTransport::Udp => crate::decode::RtspTransport::Udp,
@@ -325,7 +345,7 @@ fn run(
     let status = |f: &mut dyn FnMut(&mut StreamStatus)| {
         f(&mut shared.status.lock().unwrap_or_else(|p| p.into_inner()));
     };
-    let decode = decode_options(spec, options);
+    let mut decode = decode_options(spec, options);
     let pipeline_options = match PipelineOptions::from_spec(spec, motion) {
         Ok(options) => options,
         Err(error) => {
@@ -354,6 +374,7 @@ fn run(
         *shared.progress.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         let mut reason: Option<String> = None;
         let mut reached_end = false;
+        let mut got_frame = false;
         match Decoder::start(&decode) {
             Err(error) => reason = Some(error.to_string()),
             Ok(mut decoder) => {
@@ -374,6 +395,7 @@ fn run(
                             break;
                         }
                     }
+                    got_frame = true;
                     let now = Instant::now();
                     *shared.progress.lock().unwrap_or_else(|p| p.into_inner()) = now;
                     // A live frame is stamped when it arrives; a file's frames by where they
@@ -395,7 +417,16 @@ fn run(
                                 end_objects(old, time_ms, &mut sink);
                             }
                             match Pipeline::new(w, h, &pipeline_options) {
-                                Ok(p) => slot.insert(p),
+                                Ok(p) => slot.insert(match &options.detector {
+                                    Some(link) => p.with_detector(Box::new(DetectorClient::new(
+                                        link.options.clone(),
+                                        link.runtime.clone(),
+                                        spec.objects.clone(),
+                                        spec.min_score,
+                                        Arc::clone(&link.state),
+                                    ))),
+                                    None => p,
+                                }),
                                 Err(error) => {
                                     reason = Some(error.to_string());
                                     break;
@@ -417,8 +448,7 @@ fn run(
                             s.height = h;
                         });
                     }
-                    let luma = &frame[..(w * h).min(frame.len())];
-                    let step = match pipeline.push(time_ms, luma) {
+                    let step = match pipeline.push(time_ms, &frame) {
                         Ok(step) => step,
                         Err(error) => {
                             reason = Some(error.to_string());
@@ -450,6 +480,14 @@ fn run(
         }
         if shared.stop.is_stopped() {
             break;
+        }
+        if decode.hwaccel && !got_frame && spec.hwaccel == domain::HwAccel::Auto {
+            // NVDEC could not start here (no driver, a codec it lacks): software from now on,
+            // at once, and the status says why.
+            decode.hwaccel = false;
+            let why = reason.unwrap_or_default();
+            status(&mut |s| s.error = Some(format!("NVDEC failed, decoding in software: {why}")));
+            continue;
         }
         let now_ms = domain::now_ms();
         if !spec.is_live() {

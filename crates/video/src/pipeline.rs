@@ -13,10 +13,15 @@ use std::collections::HashMap;
 
 use domain::{MotionSpec, NormPoint, StreamSpec};
 
+use crate::detect::client::Detect;
 use crate::geometry::{Line, NormalisedPolygon, Point, Polygon, PolygonError};
 use crate::motion::{downscale_half, mask_of, MotionConfig, MotionDetector, MotionError};
 use crate::rules::{CountLine, RuleEvent, Rules, Zone};
 use crate::track::{BoxF, Detection, Track, TrackEvent, Tracker, TrackerConfig};
+
+/// Objects a detector found are looked for again this often while nothing moves, so that one
+/// standing still is not lost (a track ends after `lost_after_ms` unseen).
+pub const RECHECK_MS: i64 = 1000;
 
 /// Pictures kept for open objects, per stream; objects beyond get none (a frame is
 /// width × height bytes: 230 KB at 640×360).
@@ -110,6 +115,8 @@ pub struct Pipeline {
     tracker: Tracker,
     rules: Rules,
     kept: HashMap<u64, Snapshot>,
+    detector: Option<Box<dyn Detect>>,
+    last_detection_ms: i64,
 }
 
 impl Pipeline {
@@ -138,7 +145,16 @@ impl Pipeline {
             tracker: Tracker::new(options.tracker),
             rules,
             kept: HashMap::new(),
+            detector: None,
+            last_detection_ms: i64::MIN,
         })
+    }
+
+    /// Objects where motion is come from `detector` (when it answers) instead of being the
+    /// motion itself; frames must then carry colour (YUV 4:2:0).
+    pub fn with_detector(mut self, detector: Box<dyn Detect>) -> Pipeline {
+        self.detector = Some(detector);
+        self
     }
 
     pub fn size(&self) -> (usize, usize) {
@@ -152,20 +168,46 @@ impl Pipeline {
             .max(self.tracker.tracks().iter().filter(|t| t.hits >= 2).count())
     }
 
-    /// One analysed frame (its luma plane, `width × height` bytes) at `time_ms`.
-    pub fn push(&mut self, time_ms: i64, luma: &[u8]) -> Result<Step, MotionError> {
-        let detections: Vec<Detection> = self
-            .motion
-            .detect(time_ms, luma)?
-            .into_iter()
-            .map(|bbox| Detection {
-                bbox,
-                score: 1.0,
-                class: "motion".to_string(),
-            })
-            .collect();
+    /// One analysed frame at `time_ms`: its luma plane (`width × height` bytes), then with a
+    /// detector its two chroma planes.
+    pub fn push(&mut self, time_ms: i64, frame: &[u8]) -> Result<Step, MotionError> {
+        let moving = self.motion.detect(time_ms, frame)?;
+        let detections = match self.detected(time_ms, frame, &moving) {
+            Some(objects) => objects,
+            None => moving
+                .into_iter()
+                .map(|bbox| Detection {
+                    bbox,
+                    score: 1.0,
+                    class: "motion".to_string(),
+                })
+                .collect(),
+        };
         let events = self.tracker.update(time_ms, &detections);
-        Ok(self.step(time_ms, events, Some(luma)))
+        Ok(self.step(time_ms, events, Some(frame)))
+    }
+
+    /// What the detector sees where something moved, or where objects it found stand still
+    /// (once a [`RECHECK_MS`]); `None` without a detector or an answer.
+    fn detected(&mut self, time_ms: i64, frame: &[u8], moving: &[BoxF]) -> Option<Vec<Detection>> {
+        let detector = self.detector.as_mut()?;
+        let still: Vec<BoxF> = self
+            .tracker
+            .tracks()
+            .iter()
+            .filter(|t| t.class != "motion")
+            .map(|t| t.bbox)
+            .collect();
+        let look_at: Vec<BoxF> = if !moving.is_empty() {
+            moving.iter().chain(still.iter()).copied().collect()
+        } else if !still.is_empty() && time_ms - self.last_detection_ms >= RECHECK_MS {
+            still
+        } else {
+            return Some(Vec::new());
+        };
+        let found = detector.detect(frame, self.width, self.height, &look_at)?;
+        self.last_detection_ms = time_ms;
+        Some(found)
     }
 
     /// Ends every object (the source stopped or changed).
@@ -208,7 +250,7 @@ impl Pipeline {
             Snapshot {
                 width: self.width,
                 height: self.height,
-                gray: luma.to_vec(),
+                gray: luma[..self.width * self.height].to_vec(),
                 bbox: track.bbox,
                 time_ms,
             },

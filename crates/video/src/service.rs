@@ -202,6 +202,14 @@ impl VideoService {
         }
     }
 
+    /// What the streams' detector is doing; `None` when the service has none (motion only).
+    pub fn detector(&self) -> Option<crate::detect::client::DetectorState> {
+        self.live
+            .detector
+            .as_ref()
+            .map(|link| link.state.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
     /// Events as they are stored, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()

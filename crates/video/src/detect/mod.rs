@@ -8,6 +8,7 @@
 //! `[B, 3, H, W]` and a float output in one of the three layouts; the batch dimension, when
 //! dynamic, lets [`Detector::detect`] run up to `max_batch` images in one call.
 
+pub mod client;
 pub mod http;
 pub mod layout;
 pub mod letterbox;
