@@ -1,6 +1,7 @@
-//! The video service (`flowers engine video`) with real ffmpeg processes: a file analysed, two
-//! live HTTP MJPEG cameras served by ffmpeg on loopback, one of them killed and restarted, an
-//! unreachable one, and streams added through the API surviving a restart.
+//! The video service (`flowers engine video`) with real ffmpeg processes: a file analysed, live
+//! cameras on loopback (HTTP MJPEG and MPEG-TS served by ffmpeg, RTSP relayed by
+//! rtsp-server-perl), one of them killed and restarted, an unreachable one, and streams added
+//! through the API surviving a restart.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -30,28 +31,77 @@ fn crossing_clip(dir: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// A camera: ffmpeg serving `clip` in a loop, in real time, as MJPEG over HTTP to one client.
-fn camera(clip: &str, port: u16) -> Running {
+/// ffmpeg sending `clip` in a loop, in real time, encoded with `output` to `to`.
+fn ffmpeg_sending(clip: &str, output: &[&str], to: String) -> Running {
     Running(Some(
         Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-re",
-                "-stream_loop",
-                "-1",
-                "-i",
-            ])
-            .arg(clip)
-            .args(["-c:v", "mjpeg", "-q:v", "8", "-f", "mpjpeg", "-listen", "1"])
-            .arg(format!("http://127.0.0.1:{port}/cam"))
+            .args(["-hide_banner", "-loglevel", "error", "-re"])
+            .args(["-stream_loop", "-1", "-i", clip])
+            .args(output)
+            .arg(to)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("ffmpeg starts"),
     ))
+}
+
+/// A camera: MJPEG over HTTP to one client.
+fn camera(clip: &str, port: u16) -> Running {
+    let mjpeg = ["-c:v", "mjpeg", "-q:v", "8", "-f", "mpjpeg", "-listen", "1"];
+    ffmpeg_sending(clip, &mjpeg, format!("http://127.0.0.1:{port}/cam"))
+}
+
+/// Another kind of camera: H.264 in MPEG-TS over HTTP to one client.
+fn ts_camera(clip: &str, port: u16) -> Running {
+    let ts = [
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "25",
+        "-f",
+        "mpegts",
+        "-listen",
+        "1",
+    ];
+    ffmpeg_sending(clip, &ts, format!("http://127.0.0.1:{port}/cam"))
+}
+
+/// An RTSP camera: Debian's rtsp-server-perl (UDP only) relaying what ffmpeg publishes to it.
+fn rtsp_camera(clip: &str, client_port: u16) -> (Running, Running) {
+    let source_port = free_port();
+    let server = Running(Some(
+        Command::new("rtsp-server-perl")
+            .args(["--clientport", &client_port.to_string()])
+            .args(["--serverport", &source_port.to_string()])
+            .args(["--client_listen_address", "127.0.0.1"])
+            .args(["--source_listen_address", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rtsp-server-perl starts (scripts/setup installs it)"),
+    ));
+    // The server takes a moment to listen; ffmpeg retries nothing, so wait for its port.
+    let deadline = Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(("127.0.0.1", source_port)).is_err() {
+        assert!(Instant::now() < deadline, "rtsp-server-perl did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let h264 = [
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "25",
+        "-f",
+        "rtsp",
+    ];
+    let publisher = ffmpeg_sending(clip, &h264, format!("rtsp://127.0.0.1:{source_port}/cam"));
+    (server, publisher)
 }
 
 fn engine(dir: &Path, port: u16) -> Running {
@@ -66,7 +116,7 @@ fn engine(dir: &Path, port: u16) -> Running {
                 "data",
             ])
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--stall-timeout", "5s", "--backoff-max", "1s"])
+            .args(["--backoff-max", "1s"])
             .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -145,7 +195,8 @@ impl Api {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        panic!("timed out waiting for {what}");
+        let streams = self.get("/v1/streams").await;
+        panic!("timed out waiting for {what}; the streams: {streams:#?}");
     }
 }
 
@@ -157,7 +208,7 @@ fn state(stream: &Value) -> &str {
 async fn streams_are_followed_through_an_outage_and_api_streams_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let clip = crossing_clip(dir.path());
-    let (cam_port, cam2_port) = (free_port(), free_port());
+    let (cam_port, cam2_port, rtsp_port) = (free_port(), free_port(), free_port());
     std::fs::write(
         dir.path().join("flowers.toml"),
         format!(
@@ -177,6 +228,10 @@ to = [0.515625, 0.0]
 [video.streams.cam2]
 url = "http://127.0.0.1:{cam2_port}/cam"
 
+[video.streams.rtsp]
+url = "rtsp://127.0.0.1:{rtsp_port}/cam"
+rtsp_transport = "udp"
+
 [video.streams.dead]
 url = "http://127.0.0.1:1/cam"
 "#
@@ -184,7 +239,8 @@ url = "http://127.0.0.1:1/cam"
     )
     .unwrap();
     let cam = camera(&clip, cam_port);
-    let cam2 = camera(&clip, cam2_port);
+    let cam2 = ts_camera(&clip, cam2_port);
+    let rtsp = rtsp_camera(&clip, rtsp_port);
     let port = free_port();
     let video = engine(dir.path(), port);
     let api = Api {
@@ -218,6 +274,11 @@ url = "http://127.0.0.1:1/cam"
     assert_eq!(&jpeg.bytes().await.unwrap()[..2], [0xFF, 0xD8]);
 
     // The cameras are followed live; the unreachable one is offline and says why.
+    api.until("the RTSP camera online", || async {
+        let stream = api.stream("rtsp").await;
+        state(&stream) == "online" && stream["status"]["frames"].as_u64() > Some(5)
+    })
+    .await;
     api.until("both cameras online", || async {
         state(&api.stream("cam").await) == "online" && state(&api.stream("cam2").await) == "online"
     })
@@ -361,4 +422,6 @@ url = "http://127.0.0.1:1/cam"
     stop(video);
     stop(cam);
     stop(cam2);
+    stop(rtsp.1);
+    stop(rtsp.0);
 }
