@@ -324,6 +324,8 @@ pub struct EventQuery {
     pub after_id: Option<i64>,
     /// The most events returned; the caller bounds it (0 returns none).
     pub limit: usize,
+    /// The newest `limit` events (still listed oldest first) rather than the oldest.
+    pub newest: bool,
 }
 
 /// One tracked object: open (`ended_ms` is `None`) while it is followed.
@@ -521,8 +523,16 @@ impl VideoDb {
         filter.equal("e.class", query.class.clone());
         filter.equal("e.zone", query.zone.clone());
         filter.above("e.id", query.after_id);
-        let sql = format!("{EVENT_SELECT} {} ORDER BY e.id LIMIT ?", filter.clause());
-        self.query_events(&sql, filter.with_limit(query.limit))
+        let order = if query.newest { "DESC" } else { "ASC" };
+        let sql = format!(
+            "{EVENT_SELECT} {} ORDER BY e.id {order} LIMIT ?",
+            filter.clause()
+        );
+        let mut events = self.query_events(&sql, filter.with_limit(query.limit))?;
+        if query.newest {
+            events.reverse();
+        }
+        Ok(events)
     }
 
     pub fn event(&self, id: i64) -> Result<Option<Event>, DbError> {
@@ -1410,6 +1420,11 @@ mod tests {
             ),
             (query(&|q| q.after_id = Some(e2)), vec![e3, e4]),
             (query(&|q| q.limit = 2), vec![e1, e2]),
+            (query(&|q| (q.limit, q.newest) = (2, true)), vec![e3, e4]),
+            (
+                query(&|q| (q.stream, q.newest) = (text("front"), true)),
+                vec![e1, e2],
+            ),
         ];
         for (query, expected) in cases {
             let events = db.events(&query).unwrap();

@@ -6,7 +6,9 @@
 //! - `GET  /v1/streams`, `GET|PUT|DELETE /v1/streams/{name}` (PUT takes the keys of a
 //!   `[video.streams.NAME]` table as JSON; streams declared in the file answer 409)
 //! - `GET  /v1/events?since=&until=&stream=&kind=&class=&zone=&after=&limit=&follow=`
-//!   (`follow=true`: server-sent events, resumable with `Last-Event-ID`)
+//!   (times in ms since the epoch, `until` exclusive; the newest `limit` events, oldest first,
+//!   unless `after` or `since` says where to start; `follow=true`: then server-sent events as
+//!   they happen, resumable with `Last-Event-ID`)
 //! - `GET  /v1/events/{id}`, `GET /v1/objects/{id}`, `GET /v1/objects/{id}/snapshot.jpg`
 
 use std::convert::Infallible;
@@ -228,6 +230,12 @@ impl EventsParams {
             zone: self.zone.clone(),
             after_id: last_event_id.or(integer("after", &self.after)?),
             limit,
+            newest: false,
+        };
+        // Without a point to resume from, a listing shows the latest events.
+        let query = EventQuery {
+            newest: query.after_id.is_none() && query.since_ms.is_none(),
+            ..query
         };
         Ok((query, follow))
     }
@@ -235,7 +243,7 @@ impl EventsParams {
 
 fn matches(query: &EventQuery, event: &Event) -> bool {
     query.since_ms.is_none_or(|t| event.time_ms >= t)
-        && query.until_ms.is_none_or(|t| event.time_ms <= t)
+        && query.until_ms.is_none_or(|t| event.time_ms < t)
         && query.stream.as_ref().is_none_or(|s| *s == event.stream)
         && query.kind.is_none_or(|k| k == event.kind)
         && query

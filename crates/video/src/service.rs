@@ -281,6 +281,15 @@ impl Sink {
     }
 
     fn store(&mut self, event: LiveEvent) -> Result<(), DbError> {
+        // The picture is encoded before the store is locked: other streams wait on the lock.
+        let jpeg = match &event {
+            LiveEvent::ObjectEnded {
+                snapshot: Some(s), ..
+            } => picture(s)
+                .map_err(|error| tracing::warn!("stream {}: no snapshot: {error}", self.stream))
+                .ok(),
+            _ => None,
+        };
         let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
         let new = match event {
             LiveEvent::Online {
@@ -307,21 +316,10 @@ impl Sink {
                     ..self.new_event(time_ms, EventKind::ObjectStarted)
                 }
             }
-            LiveEvent::ObjectEnded {
-                time_ms,
-                track,
-                snapshot,
-            } => {
+            LiveEvent::ObjectEnded { time_ms, track, .. } => {
                 let Some((id, _)) = self.objects.remove(&track.id) else {
                     return Ok(());
                 };
-                let jpeg = snapshot.and_then(|s| {
-                    picture(&s)
-                        .map_err(|error| {
-                            tracing::warn!("stream {}: no snapshot: {error}", self.stream)
-                        })
-                        .ok()
-                });
                 db.end_object(
                     id,
                     track.last_ms,
