@@ -164,7 +164,7 @@ impl Section<'_> {
     }
 }
 
-/// One element of a `routes` list: its table (`None` when the element is not a table), its
+/// One element of a list of tables: its table (`None` when the element is not a table), its
 /// span, and how it was written for the message when it is not a table.
 type RouteEntry<'d> = (Option<&'d dyn TableLike>, Option<Range<usize>>, String);
 
@@ -627,47 +627,18 @@ impl Walker<'_> {
     }
 
     fn routes(&mut self, section: &Section) -> Vec<RouteSpec> {
-        let Some(item) = section.table.get("routes") else {
-            return Vec::new();
-        };
-        let field = section.field("routes");
-        // Routes may be written inline (`routes = [{ path = "/" }]`) or as `[[…routes]]`.
-        let entries: Vec<RouteEntry> = if let Some(array) = item.as_array() {
-            array
-                .iter()
-                .map(|value| {
-                    let table = value.as_inline_table().map(|t| t as &dyn TableLike);
-                    (table, value.span(), got_value(value))
-                })
-                .collect()
-        } else if let Some(tables) = item.as_array_of_tables() {
-            tables
-                .iter()
-                .map(|table| (Some(table as &dyn TableLike), table.span(), String::new()))
-                .collect()
-        } else {
-            let message = format!(
-                "expected a list of routes such as [{{ path = \"/web\" }}], got {}",
-                got(item)
-            );
-            self.report(section.span_of("routes"), &field, message);
-            return Vec::new();
-        };
-
-        let mut routes = Vec::with_capacity(entries.len());
-        for (index, (table, span, got)) in entries.into_iter().enumerate() {
-            let Some(table) = table else {
-                let message = format!(
+        let entries = self.table_list(
+            section,
+            "routes",
+            |got| format!("expected a list of routes such as [{{ path = \"/web\" }}], got {got}"),
+            |got| {
+                format!(
                     "expected a route such as {{ host = \"web.lan\", path = \"/\" }}, got {got}"
-                );
-                self.report(span, &format!("{field}[{index}]"), message);
-                continue;
-            };
-            let route = Section {
-                table,
-                path: format!("{field}[{index}]"),
-                span,
-            };
+                )
+            },
+        );
+        let mut routes = Vec::with_capacity(entries.len());
+        for route in entries {
             let all_known = self.known_keys(&route, ROUTE_KEYS);
             // `{ paht = "/" }` already has its problem; "needs a host or a path" would pile on.
             if all_known && !route.has("host") && !route.has("path") {
@@ -691,6 +662,48 @@ impl Walker<'_> {
             });
         }
         routes
+    }
+
+    /// The tables of the list `key`, written inline (`key = [{ … }]`) or as `[[…key]]`, each
+    /// a section named `key[INDEX]`. A value that is no list is reported with `not_list`, an
+    /// element that is no table with `not_table` (each given how it was written).
+    fn table_list<'d>(
+        &mut self,
+        section: &Section<'d>,
+        key: &str,
+        not_list: impl FnOnce(String) -> String,
+        not_table: impl Fn(String) -> String,
+    ) -> Vec<Section<'d>> {
+        let Some(item) = section.table.get(key) else {
+            return Vec::new();
+        };
+        let field = section.field(key);
+        let entries: Vec<RouteEntry> = if let Some(array) = item.as_array() {
+            array
+                .iter()
+                .map(|value| {
+                    let table = value.as_inline_table().map(|t| t as &dyn TableLike);
+                    (table, value.span(), got_value(value))
+                })
+                .collect()
+        } else if let Some(tables) = item.as_array_of_tables() {
+            tables
+                .iter()
+                .map(|table| (Some(table as &dyn TableLike), table.span(), String::new()))
+                .collect()
+        } else {
+            self.report(section.span_of(key), &field, not_list(got(item)));
+            return Vec::new();
+        };
+        let mut sections = Vec::with_capacity(entries.len());
+        for (index, (table, span, got)) in entries.into_iter().enumerate() {
+            let path = format!("{field}[{index}]");
+            match table {
+                Some(table) => sections.push(Section { table, path, span }),
+                None => self.report(span, &path, not_table(got)),
+            }
+        }
+        sections
     }
 
     /// `api_keys = ["sha256:…", …]`: digests only, so that the file never holds a key.

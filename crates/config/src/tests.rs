@@ -1143,3 +1143,145 @@ fn a_video_stream_from_json_gets_the_files_defaults_and_checks() {
         ]
     );
 }
+
+#[test]
+fn video_mqtt_and_webhooks_load_with_their_defaults() {
+    let config = load(
+        r#"
+[video.mqtt]
+url = "mqtt://broker.lan"
+
+[[video.webhooks]]
+url = "http://10.0.0.9:8080/hooks/video"
+kinds = ["line_crossed", "loitered"]
+streams = ["front"]
+headers = { Authorization = "Bearer abc", X-Site = "north" }
+
+[[video.webhooks]]
+url = "http://alarm.lan/in"
+"#,
+    )
+    .unwrap();
+    let mqtt = config.video.mqtt.unwrap();
+    assert_eq!((mqtt.host.as_str(), mqtt.port), ("broker.lan", 1883));
+    assert_eq!(mqtt.prefix, "flowers/video");
+    assert_eq!(mqtt.client_id, "flowers-video");
+    assert_eq!((mqtt.username, mqtt.password), (None, None));
+    let [first, second] = &config.video.webhooks[..] else {
+        panic!("two webhooks: {:?}", config.video.webhooks);
+    };
+    assert_eq!(first.url, "http://10.0.0.9:8080/hooks/video");
+    assert_eq!(first.kinds, ["line_crossed", "loitered"]);
+    assert_eq!(first.streams, ["front"]);
+    assert_eq!(first.headers["Authorization"], "Bearer abc");
+    assert_eq!(first.headers["X-Site"], "north");
+    assert_eq!(second, &domain::WebhookSpec::new("http://alarm.lan/in"));
+
+    let config = load(
+        r#"
+[video.mqtt]
+url = "mqtt://[::1]:1884/"
+prefix = "site/cams"
+username = "flowers"
+password = "secret"
+client_id = "cams-1"
+[video]
+webhooks = [{ url = "http://hook.lan" }]
+"#,
+    )
+    .unwrap();
+    let mqtt = config.video.mqtt.unwrap();
+    assert_eq!((mqtt.host.as_str(), mqtt.port), ("::1", 1884));
+    assert_eq!(mqtt.prefix, "site/cams");
+    assert_eq!(mqtt.username.as_deref(), Some("flowers"));
+    assert_eq!(mqtt.password.as_deref(), Some("secret"));
+    assert_eq!(mqtt.client_id, "cams-1");
+    assert_eq!(config.video.webhooks[0].url, "http://hook.lan");
+}
+
+#[test]
+fn bad_video_mqtt_and_webhook_values_are_refused_where_written() {
+    let found = problems(
+        r#"[video.mqtt]
+url = "mqtts://broker.lan:8883"
+prefix = "flowers/#"
+password = "x"
+client = "a"
+
+[[video.webhooks]]
+url = "https://hooks.example.com/in"
+kinds = ["line_crossed", "crossed"]
+streams = ["Front"]
+headers = { "Content-Type" = "text/plain", "bad header" = "x", X-Ok = 3 }
+
+[[video.webhooks]]
+kinds = ["loitered"]
+
+[[video.webhooks]]
+url = "ftp://files.lan/in"
+[[video.webhooks]]
+url = "http://:80/in"
+[[video.webhooks]]
+url = "http://hook.lan:99999/in"
+"#,
+    );
+    let expected = [
+        "flowers.toml:2: video.mqtt.url: \"mqtts://broker.lan:8883\" needs TLS, which this build of Flowers has no support for; use mqtt:// (on a trusted network, or through a TLS tunnel)",
+        "flowers.toml:3: video.mqtt.prefix: expected a topic prefix such as \"flowers/video\" (no +, #, leading $ or empty level), got \"flowers/#\"",
+        "flowers.toml:4: video.mqtt.password: a password needs a username",
+        "flowers.toml:5: video.mqtt.client: unknown key; did you mean `client_id`?",
+        "flowers.toml:8: video.webhooks[0].url: \"https://hooks.example.com/in\": https is not available, this build's HTTP client has no TLS; use http:// (on a trusted network, or to a proxy that adds TLS)",
+        "flowers.toml:9: video.webhooks[0].kinds: unknown event kind \"crossed\"; expected one of object_started, object_ended, zone_entered, zone_left, line_crossed, loitered, stream_offline, stream_online",
+        "flowers.toml:10: video.webhooks[0].streams: expected a name of lowercase letters, digits and '-', starting with a letter, at most 48 characters; got \"Front\"",
+        "flowers.toml:11: video.webhooks[0].headers.Content-Type: Content-Type is set by Flowers on every request",
+        "flowers.toml:11: video.webhooks[0].headers.bad header: \"bad header\" is not a header name (letters, digits and !#$%&'*+-.^_`|~)",
+        "flowers.toml:11: video.webhooks[0].headers.X-Ok: expected a header value string, got 3",
+        "flowers.toml:13: video.webhooks[1].url: missing; give the http:// URL events are POSTed to",
+        "flowers.toml:17: video.webhooks[2].url: the scheme \"ftp\" is not http; give an http:// URL",
+        "flowers.toml:19: video.webhooks[3].url: \"http://:80/in\" names no host",
+        "flowers.toml:21: video.webhooks[4].url: \"http://hook.lan:99999/in\": the port \"99999\" is not 1..=65535",
+    ];
+    let mut sorted = found.clone();
+    sorted.sort();
+    let mut wanted: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    wanted.sort();
+    assert_eq!(sorted, wanted, "{found:#?}");
+
+    for (url, message) in [
+        (
+            "\"broker.lan\"",
+            "expected a broker URL mqtt://HOST[:PORT], got \"broker.lan\"",
+        ),
+        (
+            "\"http://broker.lan\"",
+            "the scheme \"http\" is not MQTT; give the broker as mqtt://HOST[:PORT]",
+        ),
+        (
+            "\"mqtt://broker.lan:0\"",
+            "\"mqtt://broker.lan:0\": the port \"0\" is not 1..=65535",
+        ),
+        (
+            "\"mqtt://u:p@broker.lan\"",
+            "\"mqtt://u:p@broker.lan\" is not mqtt://HOST[:PORT]: no path, user or spaces (give username and password as keys)",
+        ),
+        ("\"mqtt://:1883\"", "\"mqtt://:1883\" names no host"),
+        ("1883", "expected a broker URL mqtt://HOST[:PORT], got 1883"),
+    ] {
+        assert_eq!(
+            problems(&format!("[video.mqtt]\nurl = {url}\n")),
+            [format!("flowers.toml:2: video.mqtt.url: {message}")]
+        );
+    }
+    assert_eq!(
+        problems("[video.mqtt]\nprefix = \"x\"\n"),
+        ["flowers.toml:1: video.mqtt.url: missing; give the broker as mqtt://HOST[:PORT]"]
+    );
+    assert_eq!(
+        problems("[video]\nwebhooks = \"http://hook.lan\"\n"),
+        ["flowers.toml:2: video.webhooks: expected [[video.webhooks]] tables such as url = \"http://host/hook\", got \"http://hook.lan\""]
+    );
+    assert_eq!(
+        problems("[video]\nwebhooks = [\"http://hook.lan\"]\n"),
+        ["flowers.toml:2: video.webhooks[0]: expected a table such as { url = \"http://host/hook\" }, got \"http://hook.lan\""]
+    );
+}

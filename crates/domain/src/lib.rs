@@ -28,8 +28,9 @@ pub use spec::{
 };
 
 pub use video::{
-    HwAccel, LineSpec, MotionSpec, NormPoint, RetentionSpec, RtspTransport, StreamSpec,
-    VideoConfig, ZoneSpec, DEFAULT_VIDEO_FPS, DEFAULT_VIDEO_WIDTH, MAX_VIDEO_FPS,
+    HwAccel, LineSpec, MotionSpec, MqttSpec, NormPoint, RetentionSpec, RtspTransport, StreamSpec,
+    VideoConfig, WebhookSpec, ZoneSpec, DEFAULT_MQTT_CLIENT_ID, DEFAULT_MQTT_PORT,
+    DEFAULT_MQTT_PREFIX, DEFAULT_VIDEO_FPS, DEFAULT_VIDEO_WIDTH, MAX_VIDEO_FPS, VIDEO_EVENT_KINDS,
 };
 
 /// Milliseconds since the Unix epoch, the one clock every record in Flowers is stamped with.

@@ -19,6 +19,22 @@ pub const MAX_VIDEO_FPS: f32 = 30.0;
 /// The analysed frames' width by default; the height keeps the aspect ratio.
 pub const DEFAULT_VIDEO_WIDTH: u32 = 640;
 
+/// The kinds of video events, as events and `[[video.webhooks]] kinds` name them.
+pub const VIDEO_EVENT_KINDS: [&str; 8] = [
+    "object_started",
+    "object_ended",
+    "zone_entered",
+    "zone_left",
+    "line_crossed",
+    "loitered",
+    "stream_offline",
+    "stream_online",
+];
+/// `[video.mqtt]` defaults: the broker's port, the topics' prefix and the client id.
+pub const DEFAULT_MQTT_PORT: u16 = 1883;
+pub const DEFAULT_MQTT_PREFIX: &str = "flowers/video";
+pub const DEFAULT_MQTT_CLIENT_ID: &str = "flowers-video";
+
 /// A point in normalised coordinates: `[x, y]`, each in `[0, 1]`.
 pub type NormPoint = [f32; 2];
 
@@ -34,6 +50,75 @@ pub struct VideoConfig {
     /// `[video.retention]`: how long events and snapshots are kept.
     #[serde(default)]
     pub retention: RetentionSpec,
+    /// `[video.mqtt]`: the broker every event is published to; none when absent.
+    #[serde(default)]
+    pub mqtt: Option<MqttSpec>,
+    /// `[[video.webhooks]]`: where events are POSTed, in the file's order.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookSpec>,
+}
+
+/// An MQTT broker (plain TCP: this build has no TLS). Events go to `PREFIX/STREAM/events`,
+/// a stream's state to `PREFIX/STREAM/status` and the service's to `PREFIX/status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MqttSpec {
+    pub host: String,
+    pub port: u16,
+    /// Topics start with this, with no trailing `/` and no wildcard.
+    pub prefix: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    pub client_id: String,
+}
+
+impl MqttSpec {
+    /// The broker at `host:port` with the default prefix and client id, no credentials.
+    pub fn new(host: impl Into<String>, port: u16) -> MqttSpec {
+        MqttSpec {
+            host: host.into(),
+            port,
+            prefix: DEFAULT_MQTT_PREFIX.to_string(),
+            username: None,
+            password: None,
+            client_id: DEFAULT_MQTT_CLIENT_ID.to_string(),
+        }
+    }
+}
+
+/// An HTTP endpoint events are POSTed to as JSON, retried until it answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WebhookSpec {
+    /// An `http://` URL (this build's HTTP client has no TLS).
+    pub url: String,
+    /// The event kinds sent (names in [`VIDEO_EVENT_KINDS`]); empty sends every kind.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// The streams whose events are sent; empty sends every stream's.
+    #[serde(default)]
+    pub streams: Vec<String>,
+    /// Extra request headers, such as an `Authorization`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl WebhookSpec {
+    /// A webhook of `url` for every event.
+    pub fn new(url: impl Into<String>) -> WebhookSpec {
+        WebhookSpec {
+            url: url.into(),
+            kinds: Vec::new(),
+            streams: Vec::new(),
+            headers: BTreeMap::new(),
+        }
+    }
+
+    /// Whether an event of `kind` on `stream` is sent here.
+    pub fn wants(&self, stream: &str, kind: &str) -> bool {
+        (self.kinds.is_empty() || self.kinds.iter().any(|k| k == kind))
+            && (self.streams.is_empty() || self.streams.iter().any(|s| s == stream))
+    }
 }
 
 /// One source: a camera (RTSP, HTTP) or a file, analysed continuously.
@@ -184,6 +269,10 @@ mod tests {
         );
         let mut config = VideoConfig::default();
         config.streams.insert(Name::new("front").unwrap(), stream);
+        config.mqtt = Some(MqttSpec::new("10.0.0.5", 1883));
+        let mut hook = WebhookSpec::new("http://10.0.0.6/hook");
+        hook.kinds.push("line_crossed".to_string());
+        config.webhooks.push(hook);
         let json = serde_json::to_value(&config).unwrap();
         assert_eq!(json["retention"]["max_age"], "30days");
         assert_eq!(
@@ -193,5 +282,17 @@ mod tests {
         let back: VideoConfig = serde_json::from_value(json).unwrap();
         assert_eq!(back, config);
         assert!(back.streams.values().next().unwrap().is_live());
+    }
+
+    #[test]
+    fn a_webhook_wants_its_kinds_and_streams_and_empty_lists_want_all() {
+        let mut hook = WebhookSpec::new("http://10.0.0.6/hook");
+        assert!(hook.wants("front", "object_started"));
+        hook.kinds = vec!["line_crossed".to_string(), "loitered".to_string()];
+        assert!(hook.wants("front", "loitered"));
+        assert!(!hook.wants("front", "object_started"));
+        hook.streams = vec!["back".to_string()];
+        assert!(hook.wants("back", "line_crossed"));
+        assert!(!hook.wants("front", "line_crossed"));
     }
 }

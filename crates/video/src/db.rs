@@ -106,6 +106,27 @@ const MIGRATIONS: &[&str] = &[
         updated_ms INTEGER NOT NULL
     );
     "#,
+    // Version 2: the webhooks' outbox, written in the transaction of the event it carries.
+    r#"
+    CREATE TABLE deliveries (
+        id         INTEGER PRIMARY KEY,
+        event      INTEGER NOT NULL REFERENCES events (id),
+        -- The webhook's URL when the event was stored: a list changed across a restart never
+        -- sends an event somewhere it was not meant for.
+        url        TEXT NOT NULL,
+        -- Tries made so far.
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        created_ms INTEGER NOT NULL,
+        -- When the next try is due (pending only).
+        next_ms    INTEGER NOT NULL,
+        state      TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+        last_error TEXT
+    );
+    -- The sender asks for pending rows by due time; the API counts rows by state.
+    CREATE INDEX deliveries_due ON deliveries (state, next_ms);
+    -- Retention deletes deliveries by event.
+    CREATE INDEX deliveries_by_event ON deliveries (event);
+    "#,
 ];
 
 fn known_version() -> i64 {
@@ -374,6 +395,8 @@ pub struct Retention {
 pub struct SweepReport {
     pub objects: usize,
     pub events: usize,
+    /// Webhook deliveries of the removed events, whatever their state.
+    pub deliveries: usize,
     /// Snapshot files deleted (a file already gone is not counted, nor an error).
     pub files: usize,
     /// The bytes of the removed objects' snapshots, as recorded.
@@ -451,7 +474,21 @@ impl VideoDb {
 
     /// Records an event; the returned one carries its id and the object's snapshot, if any.
     pub fn insert_event(&mut self, event: &NewEvent) -> Result<Event, DbError> {
+        self.insert_event_with_deliveries(event, &[], 0)
+    }
+
+    /// Records an event and, in the same transaction, one pending delivery to each of
+    /// `webhooks` (URLs), due at `now_ms`: a crash keeps both or neither.
+    pub fn insert_event_with_deliveries(
+        &mut self,
+        event: &NewEvent,
+        webhooks: &[String],
+        now_ms: i64,
+    ) -> Result<Event, DbError> {
         check_event(event)?;
+        if !webhooks.is_empty() {
+            check_time("delivery time", now_ms)?;
+        }
         let tx = self.conn.transaction()?;
         let snapshot = match event.object {
             None => None,
@@ -497,6 +534,13 @@ impl VideoDb {
             ],
         )?;
         let id = tx.last_insert_rowid();
+        for url in webhooks {
+            tx.execute(
+                "INSERT INTO deliveries (event, url, created_ms, next_ms, state) \
+                 VALUES (?1, ?2, ?3, ?3, 'pending')",
+                params![id, url, now_ms],
+            )?;
+        }
         tx.commit()?;
         Ok(Event {
             id,
@@ -718,6 +762,16 @@ impl VideoDb {
     /// later), with an `object_ended` event each, all in one transaction. Called once at start,
     /// before any stream runs; returns the events for delivery.
     pub fn close_open_objects(&mut self, now_ms: i64) -> Result<Vec<Event>, DbError> {
+        self.close_open_objects_with_deliveries(now_ms, &|_| Vec::new())
+    }
+
+    /// [`VideoDb::close_open_objects`], with one pending delivery of each event to each URL
+    /// `webhooks` gives for its stream, in the same transaction.
+    pub fn close_open_objects_with_deliveries(
+        &mut self,
+        now_ms: i64,
+        webhooks: &dyn Fn(&str) -> Vec<String>,
+    ) -> Result<Vec<Event>, DbError> {
         check_time("closing time", now_ms)?;
         let open = self.objects(&ObjectQuery {
             open: Some(true),
@@ -748,7 +802,15 @@ impl VideoDb {
                     details.to_string(),
                 ],
             )?;
-            ids.push(tx.last_insert_rowid());
+            let id = tx.last_insert_rowid();
+            for url in webhooks(&object.stream) {
+                tx.execute(
+                    "INSERT INTO deliveries (event, url, created_ms, next_ms, state) \
+                     VALUES (?1, ?2, ?3, ?3, 'pending')",
+                    params![id, url, now_ms],
+                )?;
+            }
+            ids.push(id);
         }
         tx.commit()?;
         ids.into_iter()
@@ -837,6 +899,11 @@ impl VideoDb {
                 doomed_ids.insert(id);
                 freed += row.get::<_, i64>(2)?;
             }
+            report.deliveries += tx.execute(
+                "DELETE FROM deliveries WHERE event IN \
+                 (SELECT id FROM events WHERE object IS NULL AND time_ms < ?1)",
+                [cutoff],
+            )?;
             report.events += tx.execute(
                 "DELETE FROM events WHERE object IS NULL AND time_ms < ?1",
                 [cutoff],
@@ -865,9 +932,13 @@ impl VideoDb {
             }
         }
         {
+            let mut delete_deliveries = tx.prepare(
+                "DELETE FROM deliveries WHERE event IN (SELECT id FROM events WHERE object = ?1)",
+            )?;
             let mut delete_events = tx.prepare("DELETE FROM events WHERE object = ?1")?;
             let mut delete_object = tx.prepare("DELETE FROM objects WHERE id = ?1")?;
             for (id, _) in &doomed {
+                report.deliveries += delete_deliveries.execute([id])?;
                 report.events += delete_events.execute([id])?;
                 report.objects += delete_object.execute([id])?;
             }
@@ -898,6 +969,179 @@ impl VideoDb {
             let _ = fs::remove_dir(day);
         }
         Ok(report)
+    }
+}
+
+/// Where a webhook delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// To be tried at `next_ms`.
+    Pending,
+    Delivered,
+    /// Given up: a permanent refusal, or retried for too long.
+    Failed,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+        }
+    }
+}
+
+/// One event on its way to one webhook (the outbox's row).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Delivery {
+    pub id: i64,
+    pub event: i64,
+    pub url: String,
+    pub attempts: u32,
+    pub created_ms: i64,
+    pub next_ms: i64,
+    pub state: DeliveryState,
+    /// Why the last try failed, for people.
+    pub last_error: Option<String>,
+}
+
+/// How many deliveries are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DeliveryCounts {
+    pub pending: u64,
+    pub delivered: u64,
+    pub failed: u64,
+}
+
+/// What became of one try, to record with [`VideoDb::record_attempt`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    Delivered,
+    /// Try again at this time.
+    Retry {
+        next_ms: i64,
+        error: String,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+const DELIVERY_SELECT: &str = "SELECT id, event, url, attempts, created_ms, next_ms, state, \
+     last_error FROM deliveries";
+
+impl VideoDb {
+    /// Pending deliveries due at `now_ms`, the earliest due first, at most `limit`.
+    pub fn due_deliveries(&self, now_ms: i64, limit: usize) -> Result<Vec<Delivery>, DbError> {
+        let sql = format!(
+            "{DELIVERY_SELECT} WHERE state = 'pending' AND next_ms <= ?1 \
+             ORDER BY next_ms, id LIMIT ?2"
+        );
+        self.query_deliveries(&sql, params![now_ms, limit.min(i64::MAX as usize) as i64])
+    }
+
+    /// When the earliest pending delivery is due; `None` when none is pending.
+    pub fn next_delivery_ms(&self) -> Result<Option<i64>, DbError> {
+        Ok(self.conn.query_row(
+            "SELECT MIN(next_ms) FROM deliveries WHERE state = 'pending'",
+            [],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// The deliveries of one event, by id.
+    pub fn deliveries_of(&self, event: i64) -> Result<Vec<Delivery>, DbError> {
+        let sql = format!("{DELIVERY_SELECT} WHERE event = ?1 ORDER BY id");
+        self.query_deliveries(&sql, params![event])
+    }
+
+    /// The most recent failed deliveries, newest first, at most `limit`.
+    pub fn failed_deliveries(&self, limit: usize) -> Result<Vec<Delivery>, DbError> {
+        let sql = format!("{DELIVERY_SELECT} WHERE state = 'failed' ORDER BY id DESC LIMIT ?1");
+        self.query_deliveries(&sql, params![limit.min(i64::MAX as usize) as i64])
+    }
+
+    pub fn delivery_counts(&self) -> Result<DeliveryCounts, DbError> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT state, COUNT(*) FROM deliveries GROUP BY state")?;
+        let mut rows = statement.query([])?;
+        let mut counts = DeliveryCounts::default();
+        while let Some(row) = rows.next()? {
+            let state: String = row.get(0)?;
+            let n = row.get::<_, i64>(1)? as u64;
+            match state.as_str() {
+                "pending" => counts.pending = n,
+                "delivered" => counts.delivered = n,
+                "failed" => counts.failed = n,
+                other => {
+                    return Err(DbError::Corrupt(format!(
+                        "deliveries: unknown state {other:?}"
+                    )))
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Records one more try of pending delivery `id` and what became of it.
+    pub fn record_attempt(&mut self, id: i64, attempt: &Attempt) -> Result<(), DbError> {
+        let (state, next_ms, error) = match attempt {
+            Attempt::Delivered => (DeliveryState::Delivered, None, None),
+            Attempt::Retry { next_ms, error } => {
+                check_time("next delivery time", *next_ms)?;
+                (DeliveryState::Pending, Some(*next_ms), Some(error.as_str()))
+            }
+            Attempt::Failed { error } => (DeliveryState::Failed, None, Some(error.as_str())),
+        };
+        let changed = self.conn.execute(
+            "UPDATE deliveries SET attempts = attempts + 1, state = ?2, \
+             next_ms = COALESCE(?3, next_ms), last_error = COALESCE(?4, last_error) \
+             WHERE id = ?1 AND state = 'pending'",
+            params![id, state.as_str(), next_ms, error],
+        )?;
+        if changed == 0 {
+            return Err(DbError::NotFound {
+                what: "pending delivery",
+                id,
+            });
+        }
+        Ok(())
+    }
+
+    fn query_deliveries(
+        &self,
+        sql: &str,
+        values: impl rusqlite::Params,
+    ) -> Result<Vec<Delivery>, DbError> {
+        let mut statement = self.conn.prepare(sql)?;
+        let mut rows = statement.query(values)?;
+        let mut deliveries = Vec::new();
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            let state: String = row.get(6)?;
+            let state = [
+                DeliveryState::Pending,
+                DeliveryState::Delivered,
+                DeliveryState::Failed,
+            ]
+            .into_iter()
+            .find(|s| s.as_str() == state)
+            .ok_or_else(|| DbError::Corrupt(format!("delivery {id}: unknown state {state:?}")))?;
+            deliveries.push(Delivery {
+                id,
+                event: row.get(1)?,
+                url: row.get(2)?,
+                attempts: row.get::<_, i64>(3)?.clamp(0, u32::MAX as i64) as u32,
+                created_ms: row.get(4)?,
+                next_ms: row.get(5)?,
+                state,
+                last_error: row.get(7)?,
+            });
+        }
+        Ok(deliveries)
     }
 }
 
@@ -1286,6 +1530,33 @@ mod tests {
         assert_eq!(object.class, "car");
         assert_eq!(object.label.as_deref(), Some("van"));
         assert_eq!(user_version(&db.conn).unwrap(), known_version());
+    }
+
+    #[test]
+    fn a_version_1_file_gains_the_outbox_and_keeps_its_events() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO events (time_ms, stream, kind, json) \
+                 VALUES (?1, 'front', 'stream_online', 'null')",
+                [T0],
+            )
+            .unwrap();
+        }
+        let mut db = VideoDb::open(dir.path()).unwrap();
+        assert_eq!(user_version(&db.conn).unwrap(), 2);
+        assert_eq!(all_events(&db).len(), 1);
+        let event = db
+            .insert_event_with_deliveries(
+                &NewEvent::new(T0, "front", EventKind::StreamOffline),
+                &["http://a/hook".to_string()],
+                T0,
+            )
+            .unwrap();
+        assert_eq!(db.deliveries_of(event.id).unwrap().len(), 1);
     }
 
     #[test]
@@ -1829,6 +2100,7 @@ mod tests {
             SweepReport {
                 objects: 2,
                 events: 3,
+                deliveries: 0,
                 files: 2,
                 freed_bytes: 2_000,
                 snapshot_bytes: 6_000,

@@ -10,6 +10,8 @@
 //!   unless `after` or `since` says where to start; `follow=true`: then server-sent events as
 //!   they happen, resumable with `Last-Event-ID`)
 //! - `GET  /v1/events/{id}`, `GET /v1/objects/{id}`, `GET /v1/objects/{id}/snapshot.jpg`
+//! - `GET  /v1/deliveries`: webhook deliveries pending, delivered and failed (the latest
+//!   failures with why), and the MQTT connection's state
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -85,6 +87,7 @@ impl From<ServiceError> for Failure {
                 Failure::new(StatusCode::NOT_FOUND, "not_found", error.to_string())
             }
             ServiceError::Db(error) => Failure::internal(error),
+            ServiceError::NoRuntime => Failure::internal(error),
         }
     }
 }
@@ -103,11 +106,19 @@ pub fn router(service: Service, prefix: &str) -> Router {
         .route(&format!("{p}/v1/events"), get(events))
         .route(&format!("{p}/v1/events/{{id}}"), get(get_event))
         .route(&format!("{p}/v1/objects/{{id}}"), get(get_object))
+        .route(&format!("{p}/v1/deliveries"), get(deliveries))
         .route(
             &format!("{p}/v1/objects/{{id}}/snapshot.jpg"),
             get(object_snapshot),
         )
         .with_state(service)
+}
+
+async fn deliveries(State(service): State<Service>) -> Result<Response, Failure> {
+    let view = tokio::task::spawn_blocking(move || service.deliveries())
+        .await
+        .map_err(Failure::internal)??;
+    Ok(Json(view).into_response())
 }
 
 async fn list_streams(State(service): State<Service>) -> Response {

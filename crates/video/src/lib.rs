@@ -4,11 +4,13 @@
 //! tracking ([`track`]); the geometry of zones, counting lines and masks ([`geometry`]); the
 //! rules that turn tracks into zone, loitering and line events ([`rules`]); and [`scan`], which
 //! runs them over one source. The service's storage: objects, events and streams in
-//! `video.sqlite` with retention ([`db`]), and JPEG snapshots ([`snapshot`]). It links no libav
+//! `video.sqlite` with retention ([`db`]), JPEG snapshots ([`snapshot`]), and events delivered
+//! to webhooks and MQTT ([`deliver`]). It links no libav
 //! and never reads the environment: the ffmpeg program and every setting are handed to it.
 
 pub mod db;
 pub mod decode;
+pub mod deliver;
 pub mod detect;
 pub mod geometry;
 pub mod http;
@@ -23,13 +25,14 @@ pub mod track;
 pub mod y4m;
 
 pub use db::{
-    DbError, Event, EventKind, EventQuery, NewEvent, Object, ObjectQuery, Retention, SweepReport,
-    UnknownEventKind, VideoDb,
+    Attempt, DbError, Delivery, DeliveryCounts, DeliveryState, Event, EventKind, EventQuery,
+    NewEvent, Object, ObjectQuery, Retention, SweepReport, UnknownEventKind, VideoDb,
 };
 pub use decode::{
     ffmpeg_version, parse_ffmpeg_version, validate_source, DecodeError, DecodeOptions, Decoder,
     DecoderKiller, FfmpegVersion, RtspTransport,
 };
+pub use deliver::{DeliveryOptions, MqttStatus, Publisher, PublisherOptions, SenderOptions};
 pub use detect::{DetectError, Detected, Detector, DetectorOptions, Layout, RgbImage};
 pub use geometry::{Direction, Line, NormalisedPolygon, Point, Polygon, PolygonError, Side};
 pub use live::{LiveEvent, LiveOptions, StreamHandle, StreamState, StreamStatus};
@@ -37,7 +40,7 @@ pub use motion::{downscale_half, mask_of, MotionBox, MotionConfig, MotionDetecto
 pub use pipeline::{Pipeline, PipelineOptions, Snapshot, Step, StreamMotion};
 pub use rules::{anchor, CountLine, RuleEvent, Rules, Zone, ZONE_INERTIA};
 pub use scan::{scan, ScanError, ScanEvent, ScanOptions, ScanReport};
-pub use service::{Origin, ServiceError, ServiceOptions, StreamView, VideoService};
+pub use service::{DeliveriesView, Origin, ServiceError, ServiceOptions, StreamView, VideoService};
 pub use snapshot::{crop_around, Frame, Rect, SnapshotError};
 pub use track::{BoxF, Detection, Track, TrackEvent, Tracker, TrackerConfig, TrackerError};
 pub use y4m::{Colour, Y4mError, Y4mHeader, Y4mReader};
@@ -66,5 +69,18 @@ mod test_clips {
             .expect("ffmpeg runs (scripts/setup installs it)");
         assert!(status.success(), "ffmpeg could not make {}", path.display());
         path.to_string_lossy().into_owned()
+    }
+    /// The plan's crossing clip (docs/plans/video.md §8): 5 s of black at 640×360; from 1 s a
+    /// white 40 px square moves right along the top at 500 px/s, from 2 s another moves left
+    /// along the bottom. Both cross x = 330 once.
+    pub(crate) fn crossing(dir: &Path) -> String {
+        make(
+            &dir.join("cross.mp4"),
+            "color=c=black:s=640x360:r=25:d=5[bg];color=c=white:s=40x40:r=25:d=5[a];\
+             color=c=white:s=40x40:r=25:d=5[b];\
+             [bg][a]overlay=x='500*(t-1)':y=60:enable='gte(t,1)':shortest=1[t1];\
+             [t1][b]overlay=x='600-500*(t-2)':y=260:enable='gte(t,2)':shortest=1,format=yuv420p",
+            &["-c:v", "libx264", "-preset", "veryfast", "-g", "25"],
+        )
     }
 }

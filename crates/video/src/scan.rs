@@ -124,21 +124,8 @@ mod tests {
     use crate::motion::MotionConfig;
     use crate::pipeline::StreamMotion;
     use crate::rules::{CountLine, Zone};
+    use crate::test_clips::crossing as crossing_clip;
     use crate::track::BoxF;
-
-    /// The plan's crossing clip (docs/plans/video.md §8): 5 s of black at 640×360; from 1 s a
-    /// white 40 px square moves right along the top at 500 px/s, from 2 s another moves left
-    /// along the bottom. Both cross x = 330 once.
-    fn crossing_clip(dir: &std::path::Path) -> String {
-        crate::test_clips::make(
-            &dir.join("cross.mp4"),
-            "color=c=black:s=640x360:r=25:d=5[bg];color=c=white:s=40x40:r=25:d=5[a];\
-             color=c=white:s=40x40:r=25:d=5[b];\
-             [bg][a]overlay=x='500*(t-1)':y=60:enable='gte(t,1)':shortest=1[t1];\
-             [t1][b]overlay=x='600-500*(t-2)':y=260:enable='gte(t,2)':shortest=1,format=yuv420p",
-            &["-c:v", "libx264", "-preset", "veryfast", "-g", "25"],
-        )
-    }
 
     /// The line x = 330 of 640, drawn bottom to top: walking up it, the left is the image's
     /// left.

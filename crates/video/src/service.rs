@@ -1,6 +1,7 @@
 //! The video service's state: its streams (declared in `[video]` or added through the API),
 //! each followed live on its own thread ([`crate::live`]); what they report stored in
-//! `video.sqlite` ([`crate::db`]) with snapshots, and published to followers of the events.
+//! `video.sqlite` ([`crate::db`]) with snapshots, published to followers of the events, and
+//! delivered to webhooks and an MQTT broker ([`crate::deliver`]) as `[video]` asks.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -8,11 +9,15 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use thiserror::Error;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch, Notify};
+use tokio::task::JoinHandle;
 
-use domain::{StreamSpec, VideoConfig};
+use domain::{StreamSpec, VideoConfig, WebhookSpec};
 
-use crate::db::{DbError, Event, EventKind, NewEvent, Retention, SweepReport, VideoDb};
+use crate::db::{
+    DbError, Delivery, DeliveryCounts, Event, EventKind, NewEvent, Retention, SweepReport, VideoDb,
+};
+use crate::deliver::{webhook, DeliveryOptions, MqttStatus, Publisher};
 use crate::live::{self, LiveEvent, LiveOptions, StreamHandle, StreamStatus};
 use crate::rules::RuleEvent;
 use crate::snapshot;
@@ -37,6 +42,25 @@ pub enum ServiceError {
     Declared(String),
     #[error("no stream {0}")]
     NotFound(String),
+    #[error(
+        "[video] declares webhooks or MQTT, whose senders run on a tokio runtime; start the \
+         video service from inside one"
+    )]
+    NoRuntime,
+}
+
+/// The failed deliveries `GET /v1/deliveries` lists.
+const RECENT_FAILURES: usize = 20;
+
+/// Where deliveries stand, as `GET /v1/deliveries` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveriesView {
+    /// Webhook deliveries by state (all kept until retention removes their events).
+    pub webhooks: DeliveryCounts,
+    /// The latest failed ones, newest first, with why.
+    pub failed: Vec<Delivery>,
+    /// `None` without `[video.mqtt]`.
+    pub mqtt: Option<MqttStatus>,
 }
 
 /// Where a stream was declared.
@@ -72,17 +96,44 @@ pub struct VideoService {
     closing: tokio::sync::watch::Sender<bool>,
     config: VideoConfig,
     live: LiveOptions,
+    webhooks: Arc<Vec<WebhookSpec>>,
+    /// Notified when an event with deliveries is stored: the webhook sender looks.
+    wake: Arc<Notify>,
+    mqtt: Option<Publisher>,
+    /// Set by [`VideoService::shutdown`]: the senders stop.
+    stopping: watch::Sender<bool>,
+    senders: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl VideoService {
-    /// Opens the store (ending objects a crash left open) and starts every stream.
+    /// Opens the store (ending objects a crash left open), starts the webhook sender and the
+    /// MQTT connection when `[video]` declares them (on the current tokio runtime; pending
+    /// deliveries of an earlier run resume), then every stream.
     pub fn start(options: ServiceOptions) -> Result<Arc<VideoService>, ServiceError> {
+        VideoService::start_with(options, DeliveryOptions::default())
+    }
+
+    /// [`VideoService::start`] with the deliveries' timings.
+    pub fn start_with(
+        options: ServiceOptions,
+        delivery: DeliveryOptions,
+    ) -> Result<Arc<VideoService>, ServiceError> {
+        let delivers = !options.config.webhooks.is_empty() || options.config.mqtt.is_some();
+        if delivers && tokio::runtime::Handle::try_current().is_err() {
+            return Err(ServiceError::NoRuntime);
+        }
         std::fs::create_dir_all(&options.data_dir).map_err(|source| DbError::Io {
             path: options.data_dir.clone(),
             source,
         })?;
         let mut db = VideoDb::open(&options.data_dir)?;
-        let closed = db.close_open_objects(domain::now_ms())?;
+        let closed = db.close_open_objects_with_deliveries(domain::now_ms(), &|stream| {
+            webhook::targets(
+                &options.config.webhooks,
+                stream,
+                EventKind::ObjectEnded.as_str(),
+            )
+        })?;
         if !closed.is_empty() {
             tracing::info!(
                 "{} objects left open by the last run were ended",
@@ -90,13 +141,42 @@ impl VideoService {
             );
         }
         let added = db.streams()?;
+        let db = Arc::new(Mutex::new(db));
+        let webhooks = Arc::new(options.config.webhooks.clone());
+        let wake = Arc::new(Notify::new());
+        let stopping = watch::channel(false).0;
+        let mut senders = Vec::new();
+        if !webhooks.is_empty() {
+            senders.push(webhook::spawn(
+                Arc::clone(&db),
+                Arc::clone(&webhooks),
+                delivery.webhooks,
+                Arc::clone(&wake),
+                stopping.subscribe(),
+            ));
+        }
+        let mqtt = options
+            .config
+            .mqtt
+            .as_ref()
+            .map(|spec| Publisher::start(spec, delivery.mqtt, stopping.subscribe()));
+        if let Some(mqtt) = &mqtt {
+            for event in &closed {
+                mqtt.event(event);
+            }
+        }
         let service = Arc::new(VideoService {
-            db: Arc::new(Mutex::new(db)),
+            db,
             streams: Mutex::new(BTreeMap::new()),
             events: broadcast::channel(FOLLOWER_BACKLOG).0,
             closing: tokio::sync::watch::channel(false).0,
             config: options.config.clone(),
             live: options.live,
+            webhooks,
+            wake,
+            mqtt,
+            stopping,
+            senders: Mutex::new(senders),
         });
         for (name, spec) in &options.config.streams {
             service.run(name.as_str(), spec.clone(), Origin::Config);
@@ -123,6 +203,9 @@ impl VideoService {
             db: Arc::clone(&self.db),
             events: self.events.clone(),
             objects: HashMap::new(),
+            webhooks: Arc::clone(&self.webhooks),
+            wake: Arc::clone(&self.wake),
+            mqtt: self.mqtt.clone(),
         };
         let handle = live::spawn(
             name,
@@ -242,11 +325,30 @@ impl VideoService {
         Ok(self.db().sweep(&retention, domain::now_ms())?)
     }
 
-    /// Stops every stream, ending (and recording) their objects.
+    /// Webhook deliveries by state, the latest failures and the MQTT connection.
+    pub fn deliveries(&self) -> Result<DeliveriesView, ServiceError> {
+        let db = self.db();
+        Ok(DeliveriesView {
+            webhooks: db.delivery_counts()?,
+            failed: db.failed_deliveries(RECENT_FAILURES)?,
+            mqtt: self.mqtt.as_ref().map(Publisher::status),
+        })
+    }
+
+    /// Stops every stream, ending (and recording) their objects, then the senders: what is
+    /// queued for MQTT is handed over (within a few seconds) before "offline"; webhook
+    /// deliveries still pending wait in the outbox for the next start.
     pub fn shutdown(&self) {
         let streams = std::mem::take(&mut *self.lock_streams());
         for (_, running) in streams {
             running.handle.stop();
+        }
+        self.stopping.send_replace(true);
+        if let Some(mqtt) = &self.mqtt {
+            mqtt.wait_stopped();
+        }
+        for sender in std::mem::take(&mut *self.senders.lock().unwrap_or_else(|p| p.into_inner())) {
+            sender.abort();
         }
     }
 }
@@ -267,6 +369,9 @@ struct Sink {
     events: broadcast::Sender<Event>,
     /// The stored object of each open track, and its class.
     objects: HashMap<u64, (i64, String)>,
+    webhooks: Arc<Vec<WebhookSpec>>,
+    wake: Arc<Notify>,
+    mqtt: Option<Publisher>,
 }
 
 impl Sink {
@@ -373,8 +478,15 @@ impl Sink {
                 new
             }
         };
-        let stored = db.insert_event(&new)?;
+        let urls = webhook::targets(&self.webhooks, &self.stream, new.kind.as_str());
+        let stored = db.insert_event_with_deliveries(&new, &urls, domain::now_ms())?;
         drop(db);
+        if !urls.is_empty() {
+            self.wake.notify_one();
+        }
+        if let Some(mqtt) = &self.mqtt {
+            mqtt.event(&stored);
+        }
         let _ = self.events.send(stored);
         Ok(())
     }

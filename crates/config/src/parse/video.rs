@@ -2,18 +2,31 @@
 //! retention (docs/plans/video.md). Read by the same walker as the rest of the file, so every
 //! problem has its line and all are reported at once.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use domain::{
-    HwAccel, LineSpec, MotionSpec, Name, NormPoint, RetentionSpec, RtspTransport, StreamSpec,
-    VideoConfig, ZoneSpec, MAX_VIDEO_FPS,
+    HwAccel, LineSpec, MotionSpec, MqttSpec, Name, NormPoint, RetentionSpec, RtspTransport,
+    StreamSpec, VideoConfig, WebhookSpec, ZoneSpec, DEFAULT_MQTT_CLIENT_ID, DEFAULT_MQTT_PORT,
+    DEFAULT_MQTT_PREFIX, MAX_VIDEO_FPS, VIDEO_EVENT_KINDS,
 };
 use toml_edit::{Item, Value};
 
 use super::{byte_size, duration, got, integer, resolve, Section, Walker, Zero};
 
-const VIDEO_KEYS: &[&str] = &["streams", "motion", "retention"];
+const VIDEO_KEYS: &[&str] = &["streams", "motion", "retention", "mqtt", "webhooks"];
+const MQTT_KEYS: &[&str] = &["url", "prefix", "username", "password", "client_id"];
+const WEBHOOK_KEYS: &[&str] = &["url", "kinds", "streams", "headers"];
+/// Headers every webhook request carries, set by Flowers and so not configurable.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "x-flowers-event-id",
+    "x-flowers-event-kind",
+];
 const STREAM_KEYS: &[&str] = &[
     "url",
     "fps",
@@ -85,7 +98,109 @@ impl Walker<'_> {
                     .unwrap_or(defaults.max_size),
             };
         }
+        if let Some(mqtt) = self.section(&video, "mqtt") {
+            config.mqtt = self.mqtt(&mqtt);
+        }
+        config.webhooks = self.webhooks(&video);
         Some(config)
+    }
+
+    /// `[video.mqtt]`.
+    fn mqtt(&mut self, section: &Section) -> Option<MqttSpec> {
+        self.known_keys(section, MQTT_KEYS);
+        if !section.has("url") {
+            self.report(
+                section.span.clone(),
+                &section.field("url"),
+                "missing; give the broker as mqtt://HOST[:PORT]",
+            );
+        }
+        let address = self.read(section, "url", mqtt_url);
+        let prefix = self.read(section, "prefix", topic_prefix);
+        let client_id = self.read(section, "client_id", |item| {
+            match item.as_str().map(str::trim) {
+                Some(id) if !id.is_empty() && id.len() <= 256 => Ok(id.to_string()),
+                _ => Err(format!(
+                    "expected a client id of 1 to 256 characters, got {}",
+                    got(item)
+                )),
+            }
+        });
+        let username = self.read(section, "username", |item| text(item, "a user name"));
+        let password = self.read(section, "password", |item| text(item, "a password"));
+        if password.is_some() && !section.has("username") {
+            self.report(
+                section.span_of("password"),
+                &section.field("password"),
+                "a password needs a username",
+            );
+        }
+        let (host, port) = address?;
+        Some(MqttSpec {
+            host,
+            port,
+            prefix: prefix.unwrap_or_else(|| DEFAULT_MQTT_PREFIX.to_string()),
+            username,
+            password,
+            client_id: client_id.unwrap_or_else(|| DEFAULT_MQTT_CLIENT_ID.to_string()),
+        })
+    }
+
+    /// `[[video.webhooks]]`, or `webhooks = [{ url = … }]` inline.
+    fn webhooks(&mut self, video: &Section) -> Vec<WebhookSpec> {
+        let hooks = self.table_list(
+            video,
+            "webhooks",
+            |got| {
+                format!(
+                    "expected [[video.webhooks]] tables such as url = \"http://host/hook\", got {got}"
+                )
+            },
+            |got| format!("expected a table such as {{ url = \"http://host/hook\" }}, got {got}"),
+        );
+        hooks.iter().filter_map(|hook| self.webhook(hook)).collect()
+    }
+
+    fn webhook(&mut self, hook: &Section) -> Option<WebhookSpec> {
+        self.known_keys(hook, WEBHOOK_KEYS);
+        if !hook.has("url") {
+            self.report(
+                hook.span.clone(),
+                &hook.field("url"),
+                "missing; give the http:// URL events are POSTed to",
+            );
+        }
+        let url = self.read(hook, "url", webhook_url);
+        let kinds = self.read(hook, "kinds", event_kinds);
+        let streams = self.read(hook, "streams", stream_names);
+        let mut headers = BTreeMap::new();
+        let mut headers_ok = true;
+        if let Some(section) = self.section(hook, "headers") {
+            for (key, item) in section.table.iter() {
+                let checked = header_name(key).and_then(|()| header_value(item));
+                match checked {
+                    Ok(value) => {
+                        headers.insert(key.to_string(), value);
+                    }
+                    Err(message) => {
+                        headers_ok = false;
+                        self.report(section.span_of(key), &section.field(key), message);
+                    }
+                }
+            }
+        }
+        if (hook.has("kinds") && kinds.is_none())
+            || (hook.has("streams") && streams.is_none())
+            || !headers_ok
+        {
+            return None;
+        }
+        Some(WebhookSpec {
+            url: url?,
+            kinds: kinds.unwrap_or_default(),
+            streams: streams.unwrap_or_default(),
+            headers,
+        })
     }
 
     /// One `[video.streams.NAME]`.
@@ -264,6 +379,193 @@ fn source_url(item: &Item, base_dir: &Path) -> Result<String, String> {
         }
         None => Ok(resolve(base_dir, text).to_string_lossy().into_owned()),
     }
+}
+
+/// `mqtt://HOST[:PORT]`, as host and port. TLS (`mqtts://`) is refused: this build has none.
+fn mqtt_url(item: &Item) -> Result<(String, u16), String> {
+    let text = item.as_str().map(str::trim).ok_or_else(|| {
+        format!(
+            "expected a broker URL mqtt://HOST[:PORT], got {}",
+            got(item)
+        )
+    })?;
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return Err(format!(
+            "expected a broker URL mqtt://HOST[:PORT], got {text:?}"
+        ));
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "mqtt" => {}
+        "mqtts" | "ssl" | "tls" | "wss" => {
+            return Err(format!(
+                "{text:?} needs TLS, which this build of Flowers has no support for; use \
+                 mqtt:// (on a trusted network, or through a TLS tunnel)"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "the scheme {other:?} is not MQTT; give the broker as mqtt://HOST[:PORT]"
+            ))
+        }
+    }
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#', '@']) || authority.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "{text:?} is not mqtt://HOST[:PORT]: no path, user or spaces (give username and \
+             password as keys)"
+        ));
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        // [::1]:1883
+        Some(v6) => match v6.split_once(']') {
+            Some((host, "")) => (host, None),
+            Some((host, port)) => (host, Some(port.strip_prefix(':').unwrap_or(port))),
+            None => return Err(format!("{text:?} opens a [ it does not close")),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return Err(format!("{text:?} names no host"));
+    }
+    let port = match port {
+        None => DEFAULT_MQTT_PORT,
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{text:?}: the port {port:?} is not 1..=65535"))?,
+    };
+    Ok((host.to_string(), port))
+}
+
+/// A topic prefix: levels separated by `/`, with no wildcard and no empty level.
+fn topic_prefix(item: &Item) -> Result<String, String> {
+    let text = item.as_str().map(str::trim).unwrap_or("");
+    let valid = !text.is_empty()
+        && !text.starts_with('$')
+        && !text.contains(['+', '#', '\0'])
+        && text.split('/').all(|level| !level.is_empty());
+    if !valid {
+        return Err(format!(
+            "expected a topic prefix such as \"flowers/video\" (no +, #, leading $ or empty \
+             level), got {}",
+            got(item)
+        ));
+    }
+    Ok(text.to_string())
+}
+
+fn text(item: &Item, what: &str) -> Result<String, String> {
+    match item.as_str() {
+        Some(text) if !text.is_empty() => Ok(text.to_string()),
+        _ => Err(format!("expected {what}, got {}", got(item))),
+    }
+}
+
+/// An `http://` URL with a host. https is refused: this build's HTTP client has no TLS.
+fn webhook_url(item: &Item) -> Result<String, String> {
+    let text = item
+        .as_str()
+        .map(str::trim)
+        .ok_or_else(|| format!("expected an http:// URL, got {}", got(item)))?;
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return Err(format!("expected an http:// URL, got {text:?}"));
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "http" => {}
+        "https" => {
+            return Err(format!(
+                "{text:?}: https is not available, this build's HTTP client has no TLS; use \
+                 http:// (on a trusted network, or to a proxy that adds TLS)"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "the scheme {other:?} is not http; give an http:// URL"
+            ))
+        }
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host.rsplit('@').next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') {
+        return Err(format!("{text:?} names no host"));
+    }
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{text:?} contains white space; percent-encode it (%20)"
+        ));
+    }
+    if let Some((_, port)) = host.rsplit_once(':').filter(|_| !host.ends_with(']')) {
+        if port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!("{text:?}: the port {port:?} is not 1..=65535"));
+        }
+    }
+    Ok(text.to_string())
+}
+
+fn event_kinds(item: &Item) -> Result<Vec<String>, String> {
+    let list = item
+        .as_array()
+        .ok_or_else(|| format!("expected a list of event kinds, got {}", got(item)))?;
+    list.iter()
+        .map(|value| match value.as_str() {
+            Some(kind) if VIDEO_EVENT_KINDS.contains(&kind) => Ok(kind.to_string()),
+            _ => Err(format!(
+                "unknown event kind {}; expected one of {}",
+                got_of(value),
+                VIDEO_EVENT_KINDS.join(", ")
+            )),
+        })
+        .collect()
+}
+
+fn stream_names(item: &Item) -> Result<Vec<String>, String> {
+    let list = item
+        .as_array()
+        .ok_or_else(|| format!("expected a list of stream names, got {}", got(item)))?;
+    list.iter()
+        .map(|value| {
+            let name = value.as_str().ok_or_else(|| {
+                format!(
+                    "expected a list of stream names, got {} in it",
+                    got_of(value)
+                )
+            })?;
+            Name::new(name)
+                .map(|name| name.as_str().to_string())
+                .map_err(|error| error.to_string())
+        })
+        .collect()
+}
+
+/// A header name (an RFC 9110 token) that Flowers does not set itself.
+fn header_name(name: &str) -> Result<(), String> {
+    let token = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !token {
+        return Err(format!(
+            "{name:?} is not a header name (letters, digits and !#$%&'*+-.^_`|~)"
+        ));
+    }
+    if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(format!("{name} is set by Flowers on every request"));
+    }
+    Ok(())
+}
+
+fn header_value(item: &Item) -> Result<String, String> {
+    let text = item
+        .as_str()
+        .ok_or_else(|| format!("expected a header value string, got {}", got(item)))?;
+    if text.chars().any(|c| c.is_control() && c != '\t') || !text.is_ascii() {
+        return Err("a header value must be printable ASCII, with no line break".to_string());
+    }
+    Ok(text.to_string())
 }
 
 fn number(value: &Value) -> Option<f64> {
