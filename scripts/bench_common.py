@@ -1,5 +1,6 @@
-"""What the on-demand benchmarks (scripts/bench_engines.py, scripts/bench_rag.py) share:
-starting a `flowers engine` on loopback and reading a process's peak memory."""
+"""What the on-demand benchmarks (scripts/bench_engines.py, scripts/bench_rag.py,
+scripts/bench_video.py) share: starting a `flowers engine` on loopback and reading a process's
+peak memory."""
 
 import os
 import socket
@@ -25,14 +26,15 @@ def peak_rss_mib(pid):
 
 class Engine:
     """`FLOWERS engine ARGS...` on a free loopback port, its output in `log` (else discarded),
-    until closed. A start that fails exits with `who`'s message and the log's end."""
+    until closed. A start that fails exits with `who`'s message and the log's end. `wrap` is a
+    command that execs the rest (`taskset -c 0`), so the process is still the engine."""
 
-    def __init__(self, flowers, args, who, log=None, env=None):
+    def __init__(self, flowers, args, who, log=None, env=None, wrap=()):
         self.port = free_port()
         output = open(log, "wb") if log else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(
-                [flowers, "engine", *args, "--listen", f"127.0.0.1:{self.port}"],
+                [*wrap, flowers, "engine", *args, "--listen", f"127.0.0.1:{self.port}"],
                 stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         finally:
             if log:
