@@ -31,6 +31,9 @@ def setting(name, default):
     return os.environ.get(f"BENCH_{name}", default)
 
 
+# ONNX Runtime threads of our detector (`flowers engine detect --threads`); pinned to one core,
+# one thread is the fair match for the Python peer's one-thread row.
+DETECT_THREADS = setting("DETECT_THREADS", "1")
 FPS = float(setting("FPS", "5"))
 WIDTH = int(setting("WIDTH", "640"))
 REPEATS = int(setting("REPEATS", "3"))
@@ -475,17 +478,19 @@ def detect_part(image_clip):
                   frame(image_clip, 1280, 720, "scale=1280:720", work)]
         print(f"\n### Detection (load at the start: {load()})\n")
         print(f"One image (a frame of {image_clip.name}) sent over and over, {DETECT_SECONDS:g} s "
-              "a row after 2 warm-up rounds; each side on core 0. Ours: `flowers engine detect` "
-              "(ONNX Runtime's default threads), POST /v1/detect one request at a time from "
-              "core 1. Peer: ONNX Runtime's Python API with the same letterbox in NumPy and the "
-              "same postprocessing (best class, conf 0.25, NMS 0.7).\n")
+              "a row after 2 warm-up rounds; each side on core 0. Ours: `flowers engine detect "
+              f"--threads {DETECT_THREADS}` (0: ONNX Runtime's default), POST /v1/detect one "
+              "request at a time from core 1. Peer: ONNX Runtime's Python API with the same "
+              "letterbox in NumPy and the same postprocessing (best class, conf 0.25, NMS "
+              "0.7).\n")
         print("| model | image | batch | flowers images/s | flowers CPU ms/image | "
               "Python ORT, 1 thread: images/s | its CPU ms/image | its model run ms/image | "
               "Python ORT, default threads: images/s | its CPU ms/image | "
               "flowers ÷ Python 1 thread | flowers ÷ Python default |")
         print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for label, model, batches in models:
-            engine = Engine(flowers, ["detect", "--model", str(model), "--ort-lib", ort_lib],
+            engine = Engine(flowers, ["detect", "--model", str(model), "--ort-lib", ort_lib,
+                                      "--threads", DETECT_THREADS],
                             "bench-video", log=work / "detect.log", wrap=PIN)
             try:
                 for (image, path) in images:

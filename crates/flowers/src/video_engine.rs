@@ -208,6 +208,10 @@ pub struct DetectArgs {
     /// Boxes of one class overlapping more than this are one.
     #[arg(long, default_value_t = 0.7)]
     iou: f32,
+    /// Threads one model run uses; 0: ONNX Runtime's choice (one per core). Fewer is faster
+    /// when the detector shares its cores.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
     /// The model's name in answers (default: the Model Flowers serves, FLOWERS_MODEL).
     #[arg(long, env = "FLOWERS_MODEL", default_value = "detector")]
     name: String,
@@ -250,6 +254,7 @@ pub async fn detect(args: DetectArgs) -> anyhow::Result<ExitCode> {
     options.labels = labels;
     options.conf = args.conf;
     options.iou = args.iou;
+    options.threads = args.threads;
     if let Some(layout) = &args.layout {
         options.layout = Some(
             layout
