@@ -409,7 +409,11 @@ fn choose(rooms: &BTreeMap<&DeviceId, Room>, request: &ResourceRequest) -> Choic
             Choice::Nowhere(explain(rooms, Some(vram)))
         }
         None => {
-            let free_gpu = gpus.into_iter().find(|r| r.is_free());
+            // Of the free GPUs, the one with the least memory to offer: larger ones stay for
+            // the VRAM budgets that need them (as best fit does for budgets).
+            let free_gpu = gpus
+                .filter(|r| r.is_free())
+                .min_by_key(|r| r.free_vram().map_or(0, |free| free.0));
             match free_gpu.or(free_cpu) {
                 Some(room) => Choice::On(room.device.id.clone(), None),
                 None => Choice::Nowhere(explain(rooms, None)),
