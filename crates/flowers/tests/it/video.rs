@@ -425,3 +425,57 @@ url = "http://127.0.0.1:1/cam"
     stop(rtsp.1);
     stop(rtsp.0);
 }
+
+/// `flowers video scan`: a file analysed with no server, its flags checked as a stream's.
+#[test]
+fn scan_counts_the_crossings_of_a_file_and_refuses_bad_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    crossing_clip(dir.path());
+    let scan = |args: &[&str]| {
+        let output = Command::new(FLOWERS)
+            .args(["--json", "video", "scan"])
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = scan(&["cross.mp4", "--line", "gate=0.515625,1,0.515625,0"]);
+    assert_eq!(code, Some(0));
+    let events: Vec<Value> = out
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let crossings: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "line_crossed")
+        .map(|e| e["direction"].as_str().unwrap())
+        .collect();
+    assert_eq!(crossings, ["left_to_right", "right_to_left"]);
+    let summary = &events.last().unwrap()["summary"];
+    assert_eq!(
+        (summary["frames"].as_u64(), summary["crossings"].as_u64()),
+        (Some(25), Some(2))
+    );
+
+    let (code, _, err) = scan(&["cross.mp4", "--line", "0.5,1.5,0.5,0"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("lines.line1.from: [0.5, 1.5] is outside the frame"),
+        "{err}"
+    );
+    let (code, _, err) = scan(&["cross.mp4", "--line", "0.5,1"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("expected X1,Y1,X2,Y2"), "{err}");
+    let (code, _, err) = scan(&["missing.mp4"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("missing.mp4: no such file"), "{err}");
+    std::fs::write(dir.path().join("bad.mp4"), b"not a video at all").unwrap();
+    let (code, _, err) = scan(&["bad.mp4"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("ffmpeg could not decode it"), "{err}");
+}
