@@ -215,6 +215,8 @@ pub struct DetectArgs {
     /// The model's name in answers (default: the Model Flowers serves, FLOWERS_MODEL).
     #[arg(long, env = "FLOWERS_MODEL", default_value = "detector")]
     name: String,
+    #[arg(long, env = "CUDA_VISIBLE_DEVICES", hide = true)]
+    cuda_visible_devices: Option<String>,
 }
 
 /// The `.onnx` file of a model version: the path itself, or the one `.onnx` file in it.
@@ -243,6 +245,16 @@ pub async fn detect(args: DetectArgs) -> anyhow::Result<ExitCode> {
     if args.engine.device == Some(DeviceFlag::Cuda) {
         anyhow::bail!(
             "--device cuda: the detector runs on ONNX Runtime's CPU provider only in this build"
+        );
+    }
+    if args
+        .cuda_visible_devices
+        .as_deref()
+        .is_some_and(|devices| !devices.trim().is_empty())
+    {
+        eprintln!(
+            "detect engine: this Run was given a GPU, but ONNX Runtime's CUDA provider is not \
+             used by this build: the model runs on the CPU"
         );
     }
     let model = onnx_file(&args.engine.model)?;
