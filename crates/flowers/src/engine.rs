@@ -36,14 +36,65 @@ pub enum EngineCommand {
     Detect(crate::video_engine::DetectArgs),
 }
 
+/// What every engine that keeps state and serves under a route is told: where its state
+/// lives, its route prefix and where it listens (all set by Flowers for its services).
 #[derive(clap::Args, Debug)]
-pub struct RagArgs {
-    /// Where the collections live (SQLite + search index). Default: `rag` in the service's
-    /// data directory, FLOWERS_DATA_DIR.
+pub struct ServiceEngineArgs {
+    /// Where the engine keeps its state. Default: a folder named after the engine (`rag`,
+    /// `video`) in the service's data directory, FLOWERS_DATA_DIR.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     #[arg(long, env = "FLOWERS_DATA_DIR", hide = true)]
     service_data: Option<PathBuf>,
+    /// The path every route starts with (default: the service's first route, from
+    /// FLOWERS_ROUTE_PREFIXES, e.g. `/rag`).
+    #[arg(long)]
+    prefix: Option<String>,
+    #[arg(long, env = "FLOWERS_ROUTE_PREFIXES", hide = true)]
+    route_prefixes: Option<String>,
+    /// Where to listen (default: 127.0.0.1 on FLOWERS_PORT, which Flowers sets).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    #[arg(long, env = "FLOWERS_PORT", hide = true)]
+    port: Option<u16>,
+}
+
+impl ServiceEngineArgs {
+    pub(crate) fn address(&self) -> anyhow::Result<SocketAddr> {
+        EngineArgs::address_of(self.listen, self.port)
+    }
+
+    /// `--data`, else `name` in the service's data directory; `what` says what lives there.
+    pub(crate) fn dir(&self, name: &str, what: &str) -> anyhow::Result<PathBuf> {
+        match (&self.data, &self.service_data) {
+            (Some(dir), _) => Ok(dir.clone()),
+            (None, Some(service)) => Ok(service.join(name)),
+            (None, None) => anyhow::bail!(
+                "no directory for the {what}: pass --data DIR (Flowers sets FLOWERS_DATA_DIR for its services)"
+            ),
+        }
+    }
+
+    /// The path the routes start with: `--prefix`, else the first of the service's routes
+    /// (FLOWERS_ROUTE_PREFIXES), else none; without a trailing '/'.
+    pub(crate) fn prefix(&self) -> anyhow::Result<String> {
+        let prefix = match (&self.prefix, &self.route_prefixes) {
+            (Some(prefix), _) => prefix.as_str(),
+            (None, Some(prefixes)) => prefixes.split(' ').next().unwrap_or_default(),
+            (None, None) => "",
+        };
+        let prefix = prefix.trim_end_matches('/').to_string();
+        if !prefix.is_empty() && !prefix.starts_with('/') {
+            anyhow::bail!("--prefix {prefix:?} must start with '/'");
+        }
+        Ok(prefix)
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RagArgs {
+    #[command(flatten)]
+    service: ServiceEngineArgs,
     /// Where the embed and chat engines answer: Flowers' gateway (FLOWERS_GATEWAY_URL).
     #[arg(long, env = "FLOWERS_GATEWAY_URL", value_name = "URL")]
     engines: String,
@@ -56,17 +107,6 @@ pub struct RagArgs {
     /// The chat model's context window, in tokens; prompts are packed to fit it.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(256..))]
     context_tokens: u32,
-    /// The path every route starts with (default: the service's first route, from
-    /// FLOWERS_ROUTE_PREFIXES, e.g. `/rag`).
-    #[arg(long)]
-    prefix: Option<String>,
-    #[arg(long, env = "FLOWERS_ROUTE_PREFIXES", hide = true)]
-    route_prefixes: Option<String>,
-    /// Where to listen (default: 127.0.0.1 on FLOWERS_PORT, which Flowers sets).
-    #[arg(long, value_name = "ADDR")]
-    listen: Option<SocketAddr>,
-    #[arg(long, env = "FLOWERS_PORT", hide = true)]
-    port: Option<u16>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -243,31 +283,10 @@ pub async fn run(command: EngineCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The path an engine's routes start with: `--prefix`, else the first of the service's
-/// routes (FLOWERS_ROUTE_PREFIXES), else none; without a trailing '/'.
-pub(crate) fn route_prefix(prefix: Option<&str>, prefixes: Option<&str>) -> anyhow::Result<String> {
-    let prefix = match (prefix, prefixes) {
-        (Some(prefix), _) => prefix,
-        (None, Some(prefixes)) => prefixes.split(' ').next().unwrap_or_default(),
-        (None, None) => "",
-    };
-    let prefix = prefix.trim_end_matches('/').to_string();
-    if !prefix.is_empty() && !prefix.starts_with('/') {
-        anyhow::bail!("--prefix {prefix:?} must start with '/'");
-    }
-    Ok(prefix)
-}
-
 async fn rag(args: RagArgs) -> anyhow::Result<ExitCode> {
-    let address = EngineArgs::address_of(args.listen, args.port)?;
-    let dir = match (&args.data, &args.service_data) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(service)) => service.join("rag"),
-        (None, None) => anyhow::bail!(
-            "no directory for the collections: pass --data DIR (Flowers sets FLOWERS_DATA_DIR for its services)"
-        ),
-    };
-    let prefix = route_prefix(args.prefix.as_deref(), args.route_prefixes.as_deref())?;
+    let address = args.service.address()?;
+    let dir = args.service.dir("rag", "collections")?;
+    let prefix = args.service.prefix()?;
     let engines = args.engines.trim_end_matches('/').to_string();
     let open_dir = dir.clone();
     let library = tokio::task::spawn_blocking(move || {

@@ -3,7 +3,6 @@
 //! start) and from `PUT /video/v1/streams/NAME`; events and snapshots are kept in
 //! `video.sqlite` in the service's data directory.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,16 +10,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::engine::{serve_until_signal, serve_with_health, DeviceFlag, EngineArgs};
+use crate::engine::{
+    serve_until_signal, serve_with_health, DeviceFlag, EngineArgs, ServiceEngineArgs,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct VideoArgs {
-    /// Where video.sqlite and the snapshots live. Default: `video` in the service's data
-    /// directory, FLOWERS_DATA_DIR.
-    #[arg(long, value_name = "DIR")]
-    data: Option<PathBuf>,
-    #[arg(long, env = "FLOWERS_DATA_DIR", hide = true)]
-    service_data: Option<PathBuf>,
+    /// `--data` holds video.sqlite and the snapshots.
+    #[command(flatten)]
+    service: ServiceEngineArgs,
     /// Read the `[video]` table from this flowers.toml instead of asking Flowers' control API
     /// (for running the service by hand).
     #[arg(long, value_name = "FILE")]
@@ -28,17 +26,6 @@ pub struct VideoArgs {
     /// Flowers' control API, which Flowers sets (FLOWERS_CONTROL_URL).
     #[arg(long, env = "FLOWERS_CONTROL_URL", value_name = "URL")]
     control: Option<String>,
-    /// The path every route starts with (default: the service's first route, from
-    /// FLOWERS_ROUTE_PREFIXES, e.g. `/video`).
-    #[arg(long)]
-    prefix: Option<String>,
-    #[arg(long, env = "FLOWERS_ROUTE_PREFIXES", hide = true)]
-    route_prefixes: Option<String>,
-    /// Where to listen (default: 127.0.0.1 on FLOWERS_PORT, which Flowers sets).
-    #[arg(long, value_name = "ADDR")]
-    listen: Option<SocketAddr>,
-    #[arg(long, env = "FLOWERS_PORT", hide = true)]
-    port: Option<u16>,
     /// The ffmpeg program that decodes the streams.
     #[arg(long, default_value = "ffmpeg", value_name = "PATH")]
     ffmpeg: PathBuf,
@@ -63,16 +50,9 @@ pub struct VideoArgs {
 }
 
 pub async fn run(args: VideoArgs) -> anyhow::Result<ExitCode> {
-    let address = EngineArgs::address_of(args.listen, args.port)?;
-    let dir = match (&args.data, &args.service_data) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(service)) => service.join("video"),
-        (None, None) => anyhow::bail!(
-            "no directory for the events: pass --data DIR (Flowers sets FLOWERS_DATA_DIR for its services)"
-        ),
-    };
-    let prefix =
-        crate::engine::route_prefix(args.prefix.as_deref(), args.route_prefixes.as_deref())?;
+    let address = args.service.address()?;
+    let dir = args.service.dir("video", "events")?;
+    let prefix = args.service.prefix()?;
     let config = match (&args.config, &args.control) {
         (Some(path), _) => {
             let config = config::load_file(path, &crate::up::environment(), &Default::default())
