@@ -127,6 +127,68 @@ const MIGRATIONS: &[&str] = &[
     -- Retention deletes deliveries by event.
     CREATE INDEX deliveries_by_event ON deliveries (event);
     "#,
+    // Version 3: archives (crate::archive): analyses, their files and what was found in them.
+    r#"
+    CREATE TABLE analyses (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_ms INTEGER NOT NULL,
+        -- JSON: the keys of a stream without its URL (fps, width, zones, lines, masks, …).
+        settings   TEXT NOT NULL,
+        -- JSON array: the paths last given, for people.
+        roots      TEXT NOT NULL,
+        -- Why the last Run stopped short (a drive unplugged), until a file is finished again.
+        last_error TEXT,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE TABLE analysis_files (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        analysis    INTEGER NOT NULL REFERENCES analyses (id),
+        -- Where the file was last found: root (absolute) and the path under it.
+        root        TEXT NOT NULL,
+        path        TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        mtime_ms    INTEGER,
+        -- SIZE-SHA256 of the first and last MiB: the file's identity across mount points.
+        fingerprint TEXT NOT NULL,
+        state       TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done', 'failed')),
+        -- The Run analysing it (running only).
+        claimed_by  TEXT,
+        updated_ms  INTEGER NOT NULL,
+        frames      INTEGER NOT NULL DEFAULT 0,
+        frames_total INTEGER,
+        width       INTEGER,
+        height      INTEGER,
+        started_ms  INTEGER,
+        finished_ms INTEGER,
+        error       TEXT,
+        UNIQUE (analysis, fingerprint)
+    );
+    CREATE INDEX analysis_files_by_state ON analysis_files (state, analysis, id);
+    CREATE TABLE analysis_objects (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        file        INTEGER NOT NULL REFERENCES analysis_files (id),
+        class       TEXT NOT NULL,
+        -- Times in the file, ms from its start.
+        started_ms  INTEGER NOT NULL,
+        ended_ms    INTEGER NOT NULL,
+        best_score  REAL NOT NULL,
+        best_box    TEXT NOT NULL,
+        -- Under archives/: 'ANALYSIS/FILE-N.jpg'.
+        snapshot    TEXT
+    );
+    CREATE INDEX analysis_objects_by_file ON analysis_objects (file);
+    CREATE TABLE analysis_events (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        file      INTEGER NOT NULL REFERENCES analysis_files (id),
+        time_ms   INTEGER NOT NULL,
+        kind      TEXT NOT NULL,
+        object    INTEGER REFERENCES analysis_objects (id),
+        zone      TEXT,
+        line      TEXT,
+        direction TEXT
+    );
+    CREATE INDEX analysis_events_by_file ON analysis_events (file, time_ms);
+    "#,
 ];
 
 fn known_version() -> i64 {
@@ -168,20 +230,23 @@ pub enum DbError {
     NotFound { what: &'static str, id: i64 },
     #[error("object {id} has already ended")]
     AlreadyEnded { id: i64 },
+    /// A change refused in the state things are in (a file another Run has claimed).
+    #[error("{0}")]
+    Conflict(String),
     /// A caller handed the database a value it cannot keep faithfully.
     #[error("invalid {what}: {reason}")]
     Invalid { what: String, reason: String },
 }
 
 impl DbError {
-    fn invalid(what: impl Into<String>, reason: impl Into<String>) -> DbError {
+    pub(crate) fn invalid(what: impl Into<String>, reason: impl Into<String>) -> DbError {
         DbError::Invalid {
             what: what.into(),
             reason: reason.into(),
         }
     }
 
-    fn io(path: &Path) -> impl FnOnce(io::Error) -> DbError + '_ {
+    pub(crate) fn io(path: &Path) -> impl FnOnce(io::Error) -> DbError + '_ {
         move |source| DbError::Io {
             path: path.to_path_buf(),
             source,
@@ -410,7 +475,7 @@ pub struct SweepReport {
 /// `video.sqlite` and its snapshots in one data directory.
 #[derive(Debug)]
 pub struct VideoDb {
-    conn: Connection,
+    pub(crate) conn: Connection,
     path: PathBuf,
     snapshots: PathBuf,
 }

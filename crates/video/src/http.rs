@@ -46,7 +46,11 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Failure {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Failure {
         Failure {
             status,
             code,
@@ -54,11 +58,11 @@ impl Failure {
         }
     }
 
-    fn bad(message: impl Into<String>) -> Failure {
+    pub(crate) fn bad(message: impl Into<String>) -> Failure {
         Failure::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
-    fn internal(error: impl std::fmt::Display) -> Failure {
+    pub(crate) fn internal(error: impl std::fmt::Display) -> Failure {
         Failure::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -111,6 +115,7 @@ pub fn router(service: Service, prefix: &str) -> Router {
             &format!("{p}/v1/objects/{{id}}/snapshot.jpg"),
             get(object_snapshot),
         )
+        .merge(crate::archive::http::routes(p))
         .with_state(service)
 }
 

@@ -8,6 +8,7 @@
 //! to webhooks and MQTT ([`deliver`]). It links no libav
 //! and never reads the environment: the ffmpeg program and every setting are handed to it.
 
+pub mod archive;
 pub mod db;
 pub mod decode;
 pub mod deliver;
@@ -39,7 +40,7 @@ pub use live::{LiveEvent, LiveOptions, StreamHandle, StreamState, StreamStatus};
 pub use motion::{downscale_half, mask_of, MotionBox, MotionConfig, MotionDetector, MotionError};
 pub use pipeline::{Pipeline, PipelineOptions, Snapshot, Step, StreamMotion};
 pub use rules::{anchor, CountLine, RuleEvent, Rules, Zone, ZONE_INERTIA};
-pub use scan::{scan, ScanError, ScanEvent, ScanOptions, ScanReport};
+pub use scan::{scan, scan_steps, ScanError, ScanEvent, ScanOptions, ScanReport};
 pub use service::{DeliveriesView, Origin, ServiceError, ServiceOptions, StreamView, VideoService};
 pub use snapshot::{crop_around, Frame, Rect, SnapshotError};
 pub use track::{BoxF, Detection, Track, TrackEvent, Tracker, TrackerConfig, TrackerError};

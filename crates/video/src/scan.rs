@@ -5,8 +5,9 @@
 use thiserror::Error;
 
 use crate::decode::{DecodeError, DecodeOptions, Decoder};
+use crate::detect::client::Detect;
 use crate::motion::MotionError;
-use crate::pipeline::{Pipeline, PipelineOptions};
+use crate::pipeline::{Pipeline, PipelineOptions, Step};
 use crate::rules::RuleEvent;
 use crate::track::TrackerError;
 
@@ -44,6 +45,9 @@ pub enum ScanError {
     Motion { input: String, error: MotionError },
     #[error(transparent)]
     Tracker(#[from] TrackerError),
+    /// Stopped before the end, as asked.
+    #[error("stopped before the end")]
+    Stopped,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,8 +66,29 @@ pub fn scan(
     options: &ScanOptions,
     mut on_event: impl FnMut(ScanEvent),
 ) -> Result<ScanReport, ScanError> {
+    scan_steps(options, None, &|| false, |frame, step| {
+        for event in step.rules {
+            on_event(ScanEvent { frame, event });
+        }
+    })
+}
+
+/// [`scan`] with everything each frame changed ([`Step`]: objects started, rule events,
+/// objects ended with their pictures), objects found by `detector` where motion is (the
+/// frames then carry colour), and a way to stop early: `stop` is asked before each frame and
+/// ends the scan with [`ScanError::Stopped`]. `on_step` gets the analysed frame's index (the
+/// end's step gets the frame count).
+pub fn scan_steps(
+    options: &ScanOptions,
+    detector: Option<Box<dyn Detect>>,
+    stop: &dyn Fn() -> bool,
+    mut on_step: impl FnMut(u64, Step),
+) -> Result<ScanReport, ScanError> {
     options.pipeline.tracker.validate()?;
-    let mut decoder = Decoder::start(&options.decode)?;
+    let mut decode = options.decode.clone();
+    decode.colour = detector.is_some();
+    let mut detector = detector;
+    let mut decoder = Decoder::start(&decode)?;
     let mut frame = Vec::new();
     let mut pipeline: Option<Pipeline> = None;
     let mut frames = 0u64;
@@ -74,36 +99,32 @@ pub fn scan(
     };
     let time_of = |k: u64| (k as f64 * 1000.0 / f64::from(options.decode.fps)).round() as i64;
     while decoder.next_frame(&mut frame)? {
+        if stop() {
+            return Err(ScanError::Stopped);
+        }
         let pipeline = match &mut pipeline {
             Some(pipeline) => pipeline,
             None => {
                 let header = *decoder.header().expect("a frame was read");
-                let new = Pipeline::new(header.width, header.height, &options.pipeline)
+                let mut new = Pipeline::new(header.width, header.height, &options.pipeline)
                     .map_err(&motion_error)?;
+                if let Some(detector) = detector.take() {
+                    new = new.with_detector(detector);
+                }
                 pipeline.insert(new)
             }
         };
-        // The frames are gray; with another layout, luma is the first plane.
+        // Gray frames, or YUV 4:2:0 whose first plane is luma: the pipeline takes either.
         let step = pipeline
             .push(time_of(frames), &frame)
             .map_err(&motion_error)?;
         tracks += step.started.len() as u64;
-        for event in step.rules {
-            on_event(ScanEvent {
-                frame: frames,
-                event,
-            });
-        }
+        on_step(frames, step);
         frames += 1;
     }
     let (width, height) = match &mut pipeline {
         Some(pipeline) => {
-            for event in pipeline.finish(time_of(frames)).rules {
-                on_event(ScanEvent {
-                    frame: frames,
-                    event,
-                });
-            }
+            on_step(frames, pipeline.finish(time_of(frames)));
             pipeline.size()
         }
         None => (0, 0),

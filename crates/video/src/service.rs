@@ -493,7 +493,7 @@ impl Sink {
 }
 
 /// The JPEG of an object's best moment: its box with a margin around it.
-fn picture(s: &crate::pipeline::Snapshot) -> Result<Vec<u8>, snapshot::SnapshotError> {
+pub(crate) fn picture(s: &crate::pipeline::Snapshot) -> Result<Vec<u8>, snapshot::SnapshotError> {
     let frame = snapshot::Frame::gray(&s.gray, s.width, s.height)?;
     let region = snapshot::crop_around(&s.bbox, snapshot::DEFAULT_MARGIN, s.width, s.height)?;
     snapshot::encode(&frame, Some(region), snapshot::DEFAULT_QUALITY)
