@@ -580,6 +580,11 @@ fn embedded_default_loads_cleanly() {
     assert_eq!(video.command, ["flowers", "engine", "video"]);
     assert_eq!(video.replace, ReplaceStrategy::StopFirst);
     assert!(config.video.streams.is_empty());
+    // Archives: a preemptible job on one device (a CPU slot or a share of a GPU), run on demand.
+    let archives = &config.jobs[&Name::new("video-analyze").unwrap()];
+    assert_eq!(archives.command, ["flowers", "engine", "video-analyze"]);
+    assert!(archives.preemptible && !archives.autostart);
+    assert!(archives.priority < 0);
     // The environment still applies to it.
     let env = with_vars(&[("FLOWERS_CPU_SLOTS", "2")]);
     let config = embedded(&env, &Overrides::default()).unwrap();

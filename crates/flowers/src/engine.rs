@@ -34,6 +34,9 @@ pub enum EngineCommand {
     /// Serve a YOLO-family ONNX object detector (v5, v8/v11 or end-to-end outputs) on ONNX
     /// Runtime: `POST /v1/detect` with raw RGB images, batched across requests.
     Detect(crate::video_engine::DetectArgs),
+    /// The archives job: analyse the files that `flowers video analyze` recorded with the
+    /// video service, one file per core, posting each file's results as it is finished.
+    VideoAnalyze(crate::archive_job::AnalyzeArgs),
 }
 
 /// What every engine that keeps state and serves under a route is told: where its state
@@ -280,6 +283,7 @@ pub async fn run(command: EngineCommand) -> anyhow::Result<ExitCode> {
         EngineCommand::Rag(args) => rag(args).await,
         EngineCommand::Video(args) => crate::video_engine::run(args).await,
         EngineCommand::Detect(args) => crate::video_engine::detect(args).await,
+        EngineCommand::VideoAnalyze(args) => crate::archive_job::run(args).await,
     }
 }
 

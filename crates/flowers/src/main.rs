@@ -2,6 +2,7 @@
 //! gateway); every other command is a client of the control API.
 
 mod access_log;
+mod archive_job;
 mod bench;
 mod commands;
 mod deploy;
@@ -12,6 +13,7 @@ mod rag_cli;
 mod routes;
 mod table;
 mod up;
+mod video_archive_cli;
 mod video_cli;
 mod video_engine;
 mod vram;
@@ -190,7 +192,7 @@ fn main() -> ExitCode {
             }
             Command::Engine(command) => engine::run(command).await,
             Command::Rag(args) => rag_cli::run(args, cli.json).await,
-            Command::Video(args) => video_cli::run(args, cli.json).await,
+            Command::Video(args) => video_cli::run(args, &cli.api, cli.json).await,
             Command::Openapi => {
                 println!("{}", api::openapi_json());
                 Ok(ExitCode::SUCCESS)

@@ -133,7 +133,7 @@ impl ServiceClient {
             .with_context(|| format!("{}'s answer is not what was expected", self.what))
     }
 
-    async fn post_json<T: for<'de> Deserialize<'de>>(
+    pub async fn post_json<T: for<'de> Deserialize<'de>>(
         &self,
         path: &str,
         body: &serde_json::Value,

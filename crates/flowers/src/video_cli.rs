@@ -95,6 +95,44 @@ pub enum VideoAction {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Analyse recordings (files, or folders walked for video files) with the video service:
+    /// the `video-analyze` job does the work, this draws its progress (frames, files, rate,
+    /// time left). Interrupted (Ctrl-C here only stops watching), preempted or unplugged, the
+    /// same command resumes without analysing a finished file again, even with the drive
+    /// mounted elsewhere.
+    Analyze {
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        geometry: Geometry,
+        /// Classes kept from the detector (comma-separated; default all).
+        #[arg(long, value_delimiter = ',', value_name = "CLASS,…")]
+        objects: Vec<String>,
+        /// The least detector score kept.
+        #[arg(long, value_name = "SCORE")]
+        min_score: Option<f64>,
+        /// A new analysis, even if one with these settings has these files.
+        #[arg(long)]
+        new: bool,
+        /// Start the job and return; `flowers video analyses` shows how far it has come.
+        #[arg(long)]
+        detach: bool,
+        /// The job that runs `flowers engine video-analyze`.
+        #[arg(long, default_value = "video-analyze")]
+        job: String,
+    },
+    /// List analyses of recordings and how far each has come.
+    Analyses,
+    /// An analysis's report: a row per object seen, zone or line event, and failed file.
+    Report {
+        id: i64,
+        /// CSV (one header line, then a row per line) instead of a table or JSON.
+        #[arg(long)]
+        csv: bool,
+        /// Write the report (CSV with --csv, else JSON) to FILE.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Save an object's snapshot (JPEG).
     Snapshot {
         object: i64,
@@ -103,7 +141,7 @@ pub enum VideoAction {
     },
 }
 
-pub async fn run(args: VideoArgs, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn run(args: VideoArgs, api: &str, json: bool) -> anyhow::Result<ExitCode> {
     let client = ServiceClient {
         what: "the video service",
         http: reqwest::Client::new(),
@@ -122,6 +160,35 @@ pub async fn run(args: VideoArgs, json: bool) -> anyhow::Result<ExitCode> {
             .await
             .context("the scanning thread panicked")?,
         VideoAction::Streams => streams(&client, json).await,
+        VideoAction::Analyze {
+            paths,
+            geometry,
+            objects,
+            min_score,
+            new,
+            detach,
+            job,
+        } => {
+            let mut settings = geometry.to_json()?;
+            if !objects.is_empty() {
+                settings.insert("objects".to_string(), json!(objects));
+            }
+            if let Some(score) = min_score {
+                settings.insert("min_score".to_string(), json!(score));
+            }
+            let options = crate::video_archive_cli::AnalyzeOptions {
+                paths,
+                settings,
+                new,
+                detach,
+                job,
+            };
+            crate::video_archive_cli::analyze(&client, api, options, json).await
+        }
+        VideoAction::Analyses => crate::video_archive_cli::analyses(&client, json).await,
+        VideoAction::Report { id, csv, output } => {
+            crate::video_archive_cli::report(&client, id, csv, output, json).await
+        }
         VideoAction::Add {
             name,
             url,

@@ -225,6 +225,9 @@ pub struct DecodeOptions {
     /// Decode on an NVIDIA GPU (NVDEC, `-hwaccel cuda`); frames come back to memory for the
     /// rest of the filters. Fails at start where there is no CUDA driver.
     pub hwaccel: bool,
+    /// Decode with one thread even from a file, so that several files decoded at once share
+    /// the cores (archives run one decoder per core). Live sources always do.
+    pub one_thread: bool,
 }
 
 impl DecodeOptions {
@@ -240,6 +243,7 @@ impl DecodeOptions {
             ffmpeg_version: None,
             colour: false,
             hwaccel: false,
+            one_thread: false,
         }
     }
 
@@ -255,7 +259,7 @@ impl DecodeOptions {
     pub fn args(&self, version: Option<FfmpegVersion>) -> Vec<OsString> {
         let filter = format!("fps={}:round=up,scale={}:-2", self.fps, self.width);
         let mut input_options: Vec<String> = Vec::new();
-        if self.live {
+        if self.live || self.one_thread {
             input_options.extend(["-threads".to_string(), "1".to_string()]);
         }
         if self.hwaccel {
@@ -660,6 +664,11 @@ mod tests {
             ..file.clone()
         };
         assert_eq!(input_options(&live_file, None), ["-threads", "1"]);
+        let archive_file = DecodeOptions {
+            one_thread: true,
+            ..file.clone()
+        };
+        assert_eq!(input_options(&archive_file, None), ["-threads", "1"]);
 
         let camera = DecodeOptions {
             live: true,

@@ -255,7 +255,7 @@ fn check_without_a_file_reads_the_local_one_else_the_embedded_default() {
     let dir = tempfile::tempdir().unwrap();
     let (code, out, err) = cli_in(dir.path(), NO_API, &["check"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out, "the embedded default: ok (5 service(s), 0 job(s))\n");
+    assert_eq!(out, "the embedded default: ok (5 service(s), 1 job(s))\n");
 
     std::fs::write(
         dir.path().join("flowers.toml"),

@@ -5,6 +5,7 @@ mod support;
 
 mod adoption;
 mod api;
+mod archives;
 mod cli;
 mod config_errors;
 mod deploy;

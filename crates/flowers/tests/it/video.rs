@@ -13,7 +13,7 @@ use crate::support::{free_port, signal, DEADLINE, FLOWERS};
 
 /// The plan's crossing clip (docs/plans/video.md §8): from 1 s a white square moves right
 /// along the top, from 2 s another moves left along the bottom; both cross x = 330 once.
-fn crossing_clip(dir: &Path) -> String {
+pub(crate) fn crossing_clip(dir: &Path) -> String {
     let path = dir.join("cross.mp4");
     let status = Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"])

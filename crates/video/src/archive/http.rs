@@ -134,6 +134,13 @@ async fn add_analysis(
             "settings.url: an analysis takes its files from paths, not a url",
         ));
     }
+    if let Some(relative) = request.paths.iter().find(|p| !p.starts_with('/')) {
+        return Err(Failure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_paths",
+            super::WalkError::Relative(relative.clone()).to_string(),
+        ));
+    }
     let mut settings = request.settings.clone();
     settings.insert("url".to_string(), json!(request.paths[0]));
     let mut spec = config::video_stream_from_json("analysis", &serde_json::Value::Object(settings))
@@ -143,7 +150,8 @@ async fn add_analysis(
                 .iter()
                 .map(|p| {
                     p.to_string()
-                        .replace("video.streams.analysis.", "settings.")
+                        .replacen("request body: ", "settings.", 1)
+                        .replace("`url`, ", "")
                 })
                 .collect();
             Failure::new(
