@@ -455,7 +455,15 @@ async fn streams(client: &ServiceClient, json: bool) -> anyhow::Result<ExitCode>
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table = Table::new(&["NAME", "STATE", "FPS", "SIZE", "OBJECTS", "FROM", "ERROR"]);
+    let mut table = Table::new(&[
+        "NAME",
+        "STATE",
+        "FPS",
+        "SIZE",
+        "OBJECTS",
+        "FROM",
+        "ERROR OR NOTE",
+    ]);
     for stream in &streams {
         let status = &stream["status"];
         table.row(vec![
@@ -465,7 +473,11 @@ async fn streams(client: &ServiceClient, json: bool) -> anyhow::Result<ExitCode>
             format!("{}×{}", status["width"], status["height"]),
             status["objects"].to_string(),
             stream["origin"].as_str().unwrap_or("").to_string(),
-            status["error"].as_str().unwrap_or("").to_string(),
+            status["error"]
+                .as_str()
+                .or(status["note"].as_str())
+                .unwrap_or("")
+                .to_string(),
         ]);
     }
     print!("{}", table.render());

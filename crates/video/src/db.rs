@@ -188,6 +188,15 @@ const MIGRATIONS: &[&str] = &[
         direction TEXT
     );
     CREATE INDEX analysis_events_by_file ON analysis_events (file, time_ms);
+    -- Streams of a file analysed to its end, so a restart does not analyse them again: the
+    -- file's fingerprint and the stream's settings when it was.
+    CREATE TABLE file_streams (
+        name        TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        spec        TEXT NOT NULL,
+        frames      INTEGER NOT NULL,
+        finished_ms INTEGER NOT NULL
+    );
     "#,
 ];
 
@@ -903,6 +912,49 @@ impl VideoDb {
         Ok(())
     }
 
+    /// Records that the file stream `name` was analysed to its end: `fingerprint` of the file,
+    /// with the settings `spec`.
+    pub fn set_file_stream_ended(
+        &mut self,
+        name: &str,
+        fingerprint: &str,
+        spec: &str,
+        frames: u64,
+        now_ms: i64,
+    ) -> Result<(), DbError> {
+        self.conn.execute(
+            "INSERT INTO file_streams (name, fingerprint, spec, frames, finished_ms)              VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (name) DO UPDATE SET              fingerprint = excluded.fingerprint, spec = excluded.spec,              frames = excluded.frames, finished_ms = excluded.finished_ms",
+            params![name, fingerprint, spec, frames as i64, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// When the file stream `name` was analysed to its end, and in how many frames, if it was
+    /// with this file (`fingerprint`) and these settings (`spec`).
+    pub fn file_stream_ended(
+        &self,
+        name: &str,
+        fingerprint: &str,
+        spec: &str,
+    ) -> Result<Option<(i64, u64)>, DbError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT finished_ms, frames FROM file_streams                  WHERE name = ?1 AND fingerprint = ?2 AND spec = ?3",
+                params![name, fingerprint, spec],
+                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)? as u64)),
+            )
+            .optional()?)
+    }
+
+    /// Forgets that the file stream `name` was analysed (its settings were changed through
+    /// the API, or it was removed): it is analysed again.
+    pub fn forget_file_stream(&mut self, name: &str) -> Result<(), DbError> {
+        self.conn
+            .execute("DELETE FROM file_streams WHERE name = ?1", [name])?;
+        Ok(())
+    }
+
     /// Removes a stream added through the API; false if there was none of that name.
     pub fn delete_stream(&mut self, name: &str) -> Result<bool, DbError> {
         Ok(self
@@ -1598,7 +1650,7 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_file_gains_the_outbox_and_keeps_its_events() {
+    fn a_version_1_file_gains_the_outbox_and_the_archives_and_keeps_its_events() {
         let dir = tempfile::tempdir().unwrap();
         {
             let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
@@ -1612,8 +1664,9 @@ mod tests {
             .unwrap();
         }
         let mut db = VideoDb::open(dir.path()).unwrap();
-        assert_eq!(user_version(&db.conn).unwrap(), 2);
+        assert_eq!(user_version(&db.conn).unwrap(), 3);
         assert_eq!(all_events(&db).len(), 1);
+        assert!(db.analyses(T0).unwrap().is_empty());
         let event = db
             .insert_event_with_deliveries(
                 &NewEvent::new(T0, "front", EventKind::StreamOffline),

@@ -98,6 +98,9 @@ pub struct StreamStatus {
     pub last_frame_ms: Option<i64>,
     /// Why it last went offline or failed.
     pub error: Option<String>,
+    /// Something to know that is not a failure: decoding fell back to software, a file was
+    /// already analysed.
+    pub note: Option<String>,
     /// Decoders started after the first.
     pub restarts: u32,
     /// Objects being followed now.
@@ -115,6 +118,7 @@ impl StreamStatus {
             fps: 0.0,
             last_frame_ms: None,
             error: None,
+            note: None,
             restarts: 0,
             objects: 0,
         }
@@ -259,6 +263,26 @@ impl StreamHandle {
 impl Drop for StreamHandle {
     fn drop(&mut self) {
         self.halt();
+    }
+}
+
+/// A file stream that is not started because it was analysed to its end before: `Ended`,
+/// with `note` saying when.
+pub fn already_ended(frames: u64, note: String) -> StreamHandle {
+    let mut status = StreamStatus::new();
+    status.enter(StreamState::Ended);
+    status.frames = frames;
+    status.note = Some(note);
+    StreamHandle {
+        shared: Arc::new(Shared {
+            status: Mutex::new(status),
+            stop: StopSignal::default(),
+            decoder: Mutex::new(None),
+            progress: Mutex::new(Instant::now()),
+            stalled: AtomicBool::new(false),
+        }),
+        thread: None,
+        stall_timeout: Duration::MAX,
     }
 }
 
@@ -486,7 +510,7 @@ fn run(
             // at once, and the status says why.
             decode.hwaccel = false;
             let why = reason.unwrap_or_default();
-            status(&mut |s| s.error = Some(format!("NVDEC failed, decoding in software: {why}")));
+            status(&mut |s| s.note = Some(format!("NVDEC failed, decoding in software: {why}")));
             continue;
         }
         let now_ms = domain::now_ms();

@@ -198,7 +198,39 @@ impl VideoService {
     }
 
     fn run(self: &Arc<Self>, name: &str, spec: StreamSpec, origin: Origin) {
+        // A file analysed to its end, unchanged and with the same settings, is not analysed
+        // again at each start of the service: its events are stored already.
+        let mut file = None;
+        if !spec.is_live() {
+            let settings = serde_json::to_string(&spec).expect("a spec serializes");
+            // A file that cannot be read is reported by the stream itself.
+            if let Ok(fingerprint) = crate::archive::fingerprint(std::path::Path::new(&spec.url)) {
+                let ended = self.db().file_stream_ended(name, &fingerprint, &settings);
+                match ended {
+                    Ok(Some((finished_ms, frames))) => {
+                        let when = std::time::UNIX_EPOCH
+                            + std::time::Duration::from_millis(finished_ms.max(0) as u64);
+                        let note = format!(
+                            "analysed to its end at {} ({frames} frames); it is analysed again \
+                             when the file or the stream's settings change",
+                            humantime::format_rfc3339_seconds(when)
+                        );
+                        let handle = live::already_ended(frames, note);
+                        let running = Running {
+                            origin,
+                            spec,
+                            handle,
+                        };
+                        self.lock_streams().insert(name.to_string(), running);
+                        return;
+                    }
+                    Ok(None) => file = Some((fingerprint, settings)),
+                    Err(error) => tracing::error!("stream {name}: {error}"),
+                }
+            }
+        }
         let mut sink = Sink {
+            file,
             stream: name.to_string(),
             db: Arc::clone(&self.db),
             events: self.events.clone(),
@@ -260,7 +292,12 @@ impl VideoService {
             return Err(ServiceError::Declared(name.to_string()));
         }
         let json = serde_json::to_value(&spec).expect("a spec serializes");
-        self.db().put_stream(name, &json, domain::now_ms())?;
+        {
+            let mut db = self.db();
+            db.put_stream(name, &json, domain::now_ms())?;
+            // Put again: a file is analysed again.
+            db.forget_file_stream(name)?;
+        }
         let old = self.lock_streams().remove(name);
         if let Some(old) = old {
             // Its objects end (and are recorded) before the new one starts.
@@ -276,7 +313,11 @@ impl VideoService {
             None => Err(ServiceError::NotFound(name.to_string())),
             Some(Origin::Config) => Err(ServiceError::Declared(name.to_string())),
             Some(Origin::Api) => {
-                self.db().delete_stream(name)?;
+                {
+                    let mut db = self.db();
+                    db.delete_stream(name)?;
+                    db.forget_file_stream(name)?;
+                }
                 if let Some(old) = self.lock_streams().remove(name) {
                     old.handle.stop();
                 }
@@ -365,6 +406,9 @@ fn view(name: &str, running: &Running) -> StreamView {
 /// Turns one stream's [`LiveEvent`]s into stored objects and events.
 struct Sink {
     stream: String,
+    /// For a file stream: the file's fingerprint and the stream's settings, recorded when it
+    /// ends.
+    file: Option<(String, String)>,
     db: Arc<Mutex<VideoDb>>,
     events: broadcast::Sender<Event>,
     /// The stored object of each open track, and its class.
@@ -409,7 +453,12 @@ impl Sink {
                 details: serde_json::json!({"reason": reason}),
                 ..self.new_event(time_ms, EventKind::StreamOffline)
             },
-            LiveEvent::Ended { .. } => return Ok(()),
+            LiveEvent::Ended { time_ms, frames } => {
+                if let Some((fingerprint, settings)) = &self.file {
+                    db.set_file_stream_ended(&self.stream, fingerprint, settings, frames, time_ms)?;
+                }
+                return Ok(());
+            }
             LiveEvent::ObjectStarted { time_ms, track } => {
                 let id = db.start_object(&self.stream, &track.class, None, track.first_ms)?;
                 self.objects.insert(track.id, (id, track.class.clone()));

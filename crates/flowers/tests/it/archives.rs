@@ -272,6 +272,17 @@ async fn a_folder_is_analysed_by_the_job_resumed_after_a_stop_and_an_unplugging_
     );
     let long = file(&files, "b-long.mp4");
     assert_eq!(long["state"], "done");
+    // The Run told Flowers how far it came (`flowers ps`): files finished of all.
+    let progress = server
+        .client
+        .job("video-analyze")
+        .await
+        .unwrap()
+        .last_run
+        .and_then(|run| run.progress)
+        .expect("the job reported its progress");
+    assert_eq!((progress.step, progress.total), (Some(4), Some(4)));
+    assert_eq!(progress.metrics["frames"], 6025.0);
     assert_eq!(long["frames"].as_u64(), Some(6000));
     assert!(long["path"].as_str().unwrap().contains("/usb1/"), "{long}");
     let corrupt = file(&files, "c-corrupt.mp4");

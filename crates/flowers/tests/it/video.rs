@@ -388,6 +388,22 @@ url = "http://127.0.0.1:1/cam"
         api.stream("extra").await["origin"] == "api"
     })
     .await;
+    // The files were analysed to their ends: not again, so their events are not doubled.
+    for name in ["file", "extra"] {
+        let stream = api.stream(name).await;
+        assert_eq!(state(&stream), "ended", "{stream}");
+        assert!(
+            stream["status"]["note"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("analysed to its end at "),
+            "{stream}"
+        );
+        let crossed = api
+            .events(&format!("stream={name}&kind=line_crossed"))
+            .await;
+        assert_eq!(crossed.len(), 2, "{crossed:?}");
+    }
     // Event ids go on from the store: a follower resumes after the id it last saw.
     let response = api
         .http
