@@ -222,21 +222,16 @@ fn onnx_file(path: &std::path::Path) -> anyhow::Result<PathBuf> {
 
 pub async fn detect(args: DetectArgs) -> anyhow::Result<ExitCode> {
     let address = EngineArgs::address_of(args.engine.listen, args.engine.port)?;
-    if args.engine.device == Some(DeviceFlag::Cuda) {
-        anyhow::bail!(
-            "--device cuda: the detector runs on ONNX Runtime's CPU provider only in this build"
-        );
-    }
-    if args
-        .cuda_visible_devices
-        .as_deref()
-        .is_some_and(|devices| !devices.trim().is_empty())
-    {
-        eprintln!(
-            "detect engine: this Run was given a GPU, but ONNX Runtime's CUDA provider is not \
-             used by this build: the model runs on the CPU"
-        );
-    }
+    // A Run given a GPU (or --device cuda) asks ONNX Runtime for its CUDA provider; without one
+    // (the CPU onnxruntime, no driver) the model runs on the CPU and the start line says why.
+    let cuda = match args.engine.device {
+        Some(DeviceFlag::Cuda) => true,
+        Some(DeviceFlag::Cpu) => false,
+        None => args
+            .cuda_visible_devices
+            .as_deref()
+            .is_some_and(|devices| !devices.trim().is_empty()),
+    };
     let model = onnx_file(&args.engine.model)?;
     let labels = args.labels.clone().or_else(|| {
         let beside = model.with_file_name("labels.txt");
@@ -247,6 +242,7 @@ pub async fn detect(args: DetectArgs) -> anyhow::Result<ExitCode> {
     options.conf = args.conf;
     options.iou = args.iou;
     options.threads = args.threads;
+    options.cuda = cuda;
     if let Some(layout) = &args.layout {
         options.layout = Some(
             layout
@@ -259,12 +255,19 @@ pub async fn detect(args: DetectArgs) -> anyhow::Result<ExitCode> {
         .context("the loading thread panicked")?
         .with_context(|| format!("cannot load the detector {}", model.display()))?;
     println!(
-        "detect engine: {} ({} classes, {:?} layout, input {:?}) on the CPU",
+        "detect engine: {} ({} classes, {:?} layout, input {:?}) on {}",
         model.display(),
         detector.names().len(),
         detector.layout(),
-        detector.input_size()
+        detector.input_size(),
+        match detector.provider() {
+            "CUDA" => "the GPU (CUDA)",
+            _ => "the CPU",
+        }
     );
+    if let Some(note) = detector.provider_note() {
+        eprintln!("detect engine: {note}");
+    }
     let version = args
         .engine
         .model_version

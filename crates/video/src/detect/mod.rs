@@ -60,6 +60,10 @@ pub struct DetectorOptions {
     /// cores than the machine has, runs faster with fewer: threads waiting on a busy core
     /// spin.
     pub threads: usize,
+    /// Run on the GPU through ONNX Runtime's CUDA execution provider (device 0 of those the
+    /// process may see). Where the runtime library has no CUDA provider, or no GPU or driver
+    /// is there, the model runs on the CPU and [`Detector::provider_note`] says why.
+    pub cuda: bool,
 }
 
 impl DetectorOptions {
@@ -75,6 +79,7 @@ impl DetectorOptions {
             max_det: 300,
             max_batch: 8,
             threads: 0,
+            cuda: false,
         }
     }
 }
@@ -157,6 +162,10 @@ pub struct Detector {
     input: Vec<f32>,
     /// Model runs so far, for tests of batching.
     runs: u64,
+    /// `CUDA` or `CPU`: where the model runs.
+    provider: &'static str,
+    /// Why the model runs on the CPU when CUDA was asked for.
+    provider_note: Option<String>,
 }
 
 impl std::fmt::Debug for Detector {
@@ -201,8 +210,8 @@ impl Detector {
             }));
         }
         let threads = options.threads;
-        let session = Session::builder(&environment)
-            .and_then(|builder| {
+        let builder = || {
+            Session::builder(&environment).and_then(|builder| {
                 if threads == 0 {
                     return Ok(builder);
                 }
@@ -210,8 +219,36 @@ impl Detector {
                     .with_intra_threads(threads)
                     .map_err(ort::Error::from)
             })
-            .and_then(|mut builder| builder.commit_from_file(&model))
-            .map_err(|error| refused(format!("ONNX Runtime cannot load it: {error}")))?;
+        };
+        let mut provider = "CPU";
+        let mut provider_note = None;
+        let mut cuda_builder = None;
+        if options.cuda {
+            let cuda = ort::ep::CUDA::default()
+                .with_device_id(0)
+                .build()
+                .error_on_failure();
+            match builder()
+                .and_then(|b| b.with_execution_providers([cuda]).map_err(ort::Error::from))
+            {
+                Ok(b) => {
+                    provider = "CUDA";
+                    cuda_builder = Some(b);
+                }
+                Err(error) => {
+                    provider_note = Some(format!(
+                        "ONNX Runtime's CUDA execution provider cannot run here ({error}); the \
+                         model runs on the CPU"
+                    ))
+                }
+            }
+        }
+        let session = match cuda_builder {
+            Some(b) => Ok(b),
+            None => builder(),
+        }
+        .and_then(|mut builder| builder.commit_from_file(&model))
+        .map_err(|error| refused(format!("ONNX Runtime cannot load it: {error}")))?;
 
         let [input] = session.inputs() else {
             return Err(refused(format!(
@@ -300,10 +337,22 @@ impl Detector {
             max_batch: if dynamic_batch { options.max_batch } else { 1 },
             input: Vec::new(),
             runs: 0,
+            provider,
+            provider_note,
         })
     }
 
     /// The class names, in class order.
+    /// `CUDA` or `CPU`: where the model runs.
+    pub fn provider(&self) -> &'static str {
+        self.provider
+    }
+
+    /// Why the model runs on the CPU although CUDA was asked for.
+    pub fn provider_note(&self) -> Option<&str> {
+        self.provider_note.as_deref()
+    }
+
     pub fn names(&self) -> &[String] {
         &self.names
     }

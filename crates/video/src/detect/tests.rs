@@ -134,6 +134,28 @@ fn v8_decodes_letterboxes_back_and_suppresses() {
 }
 
 #[test]
+fn cuda_asked_of_a_runtime_without_it_runs_on_the_cpu_and_says_why() {
+    let dir = fixture_models(&["v8"]);
+    let cpu = Detector::load(&options(dir.path(), "v8")).unwrap();
+    assert_eq!((cpu.provider(), cpu.provider_note()), ("CPU", None));
+    // PyPI's onnxruntime (what the tests use) has no CUDA provider; onnxruntime-gpu on a
+    // machine with a driver would give "CUDA" here.
+    let mut asked = options(dir.path(), "v8");
+    asked.cuda = true;
+    let mut detector = Detector::load(&asked).unwrap();
+    assert_eq!(detector.provider(), "CPU");
+    let note = detector.provider_note().expect("why not CUDA");
+    assert!(
+        note.starts_with("ONNX Runtime's CUDA execution provider cannot run here (")
+            && note.ends_with("the model runs on the CPU"),
+        "{note}"
+    );
+    let pixels = image(1280, 720);
+    let found = detector.detect(&[rgb(&pixels, 1280, 720)]).unwrap();
+    assert_detections(&found[0], &expected_1280x720());
+}
+
+#[test]
 fn thresholds_come_from_the_options() {
     let dir = fixture_models(&["v8"]);
     let pixels = image(1280, 720);
