@@ -19,3 +19,4 @@ mod models;
 mod promotion;
 mod tidy;
 mod video;
+mod video_detect;

@@ -48,7 +48,7 @@ fn ffmpeg_sending(clip: &str, output: &[&str], to: String) -> Running {
 }
 
 /// A camera: MJPEG over HTTP to one client.
-fn camera(clip: &str, port: u16) -> Running {
+pub(crate) fn camera(clip: &str, port: u16) -> Running {
     let mjpeg = ["-c:v", "mjpeg", "-q:v", "8", "-f", "mpjpeg", "-listen", "1"];
     ffmpeg_sending(clip, &mjpeg, format!("http://127.0.0.1:{port}/cam"))
 }
@@ -126,7 +126,7 @@ fn engine(dir: &Path, port: u16) -> Running {
 }
 
 /// A child killed when dropped, so that a failing test leaves no ffmpeg or engine behind.
-struct Running(Option<Child>);
+pub(crate) struct Running(Option<Child>);
 
 impl Drop for Running {
     fn drop(&mut self) {
