@@ -290,9 +290,17 @@ async fn worker(job: Arc<Job>) -> anyhow::Result<()> {
     }
 }
 
-/// Whether the file's drive or folder is gone (unplugged), rather than the file being bad.
+/// Whether the file's drive or folder is gone (unplugged), rather than the file being bad or
+/// deleted: the file is missing and so is its root, or the root is empty (a mount point left
+/// behind by a drive that was unplugged).
 fn source_gone(root: &Path, path: &Path) -> bool {
-    !root.is_dir() || !path.exists()
+    if path.exists() {
+        return false;
+    }
+    match std::fs::read_dir(root) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(_) => true,
+    }
 }
 
 async fn analyse(job: &Arc<Job>, claim: Claim) -> anyhow::Result<()> {
@@ -301,13 +309,28 @@ async fn analyse(job: &Arc<Job>, claim: Claim) -> anyhow::Result<()> {
     let root = PathBuf::from(&file.root);
     let started = Instant::now();
     if source_gone(&root, &path) {
-        let reason = if root.is_dir() {
-            format!("{} is no longer there", file.path)
-        } else {
-            format!("source gone: {}", file.root)
-        };
+        let reason = format!("source gone: {}", file.root);
         job.release(file.id, Some(&reason)).await?;
         bail!("{reason}; run `flowers video analyze` again once it is back to resume");
+    }
+    if !path.is_file() {
+        // Deleted or moved while its drive is there: failed, and the analysis goes on.
+        let result = FileResult {
+            run: job.run.clone(),
+            error: Some(format!(
+                "{} is no longer there (deleted or moved)",
+                file.path
+            )),
+            ..FileResult::default()
+        };
+        job.post_ok(
+            &format!("/v1/analyses/files/{}/result", file.id),
+            &serde_json::to_value(&result).expect("a result serialises"),
+        )
+        .await?;
+        println!("{}: no longer there", file.path);
+        job.report_run_progress(file.analysis).await;
+        return Ok(());
     }
     let mut settings = claim.settings;
     settings["url"] = json!(file.path);
@@ -413,6 +436,12 @@ async fn analyse(job: &Arc<Job>, claim: Claim) -> anyhow::Result<()> {
         },
         Ok(result) => result,
     };
+    if result.error.is_some() && job.stop.load(Ordering::SeqCst) {
+        // Stopping: the signal reached ffmpeg too (Flowers signals the Run's process group),
+        // so its failure says nothing about the file. It is given back.
+        job.release(file.id, None).await?;
+        return Ok(());
+    }
     if result.error.is_some() && source_gone(&root, &path) {
         let reason = format!("source gone: {}", file.root);
         job.release(file.id, Some(&reason)).await?;
@@ -437,4 +466,28 @@ async fn analyse(job: &Arc<Job>, claim: Claim) -> anyhow::Result<()> {
     }
     job.report_run_progress(file.analysis).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::source_gone;
+
+    #[test]
+    fn a_missing_file_is_a_gone_source_only_when_its_root_is_gone_or_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("usb0");
+        std::fs::create_dir_all(root.join("day1")).unwrap();
+        std::fs::write(root.join("day1/a.mp4"), b"a").unwrap();
+        assert!(!source_gone(&root, &root.join("day1/a.mp4")));
+        // Deleted while the drive is there: the file is bad, not the source.
+        assert!(!source_gone(&root, &root.join("day1/b.mp4")));
+        // A mount point left empty by an unplugged drive, or no root at all.
+        let empty = dir.path().join("usb1");
+        std::fs::create_dir(&empty).unwrap();
+        assert!(source_gone(&empty, &empty.join("day1/a.mp4")));
+        assert!(source_gone(
+            &dir.path().join("usb2"),
+            &dir.path().join("usb2/a.mp4")
+        ));
+    }
 }

@@ -45,7 +45,8 @@ fn ffmpeg(dir: &Path, args: &[&str]) {
 
 /// The folder: `a-cross.mp4`, `b-long.mp4` (20 minutes of a test pattern at 10 fps, made by
 /// joining copies of 20 s without re-encoding, so that analysing it takes a while),
-/// `c-corrupt.mp4` and `d-unknown.avi` (an MPEG-4 AVI whose codec tag was overwritten).
+/// `c-corrupt.mp4`, `d-unknown.avi` (an MPEG-4 AVI whose codec tag was overwritten) and
+/// `e-deleted.mp4`, which the test deletes while the analysis is stopped.
 fn recordings(dir: &Path) -> std::path::PathBuf {
     let usb = dir.join("usb0");
     std::fs::create_dir_all(usb.join("day2")).unwrap();
@@ -107,6 +108,18 @@ fn recordings(dir: &Path) -> std::path::PathBuf {
         patched[i..i + 4].copy_from_slice(b"QQQQ");
     }
     std::fs::write(usb.join("day2/d-unknown.avi"), patched).unwrap();
+    ffmpeg(
+        dir,
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=s=160x120:r=25:d=1",
+            "-c:v",
+            "libx264",
+            "usb0/day2/e-deleted.mp4",
+        ],
+    );
     usb
 }
 
@@ -208,7 +221,7 @@ async fn a_folder_is_analysed_by_the_job_resumed_after_a_stop_and_an_unplugging_
     );
     assert_eq!(output.status.code(), Some(1), "{out}\n{err}");
     assert!(
-        out.contains("analysis 1: 4 files, 0 already finished"),
+        out.contains("analysis 1: 5 files, 0 already finished"),
         "{out}"
     );
     assert!(
@@ -243,8 +256,10 @@ async fn a_folder_is_analysed_by_the_job_resumed_after_a_stop_and_an_unplugging_
     let listed = server.cli(&["video", "--gateway", &gateway, "analyses"]).1;
     assert!(listed.contains("source gone"), "{listed}");
 
-    // Plugged back under another name: the same command resumes and finishes.
+    // Plugged back under another name, one file deleted meanwhile: the same command resumes
+    // and finishes; the deleted file fails, the rest go on.
     std::fs::rename(dir.join("away"), dir.join("usb1")).unwrap();
+    std::fs::remove_file(dir.join("usb1/day2/e-deleted.mp4")).unwrap();
     let output = analyze("usb1").output().unwrap();
     let (out, err) = (
         String::from_utf8_lossy(&output.stdout),
@@ -252,11 +267,11 @@ async fn a_folder_is_analysed_by_the_job_resumed_after_a_stop_and_an_unplugging_
     );
     assert_eq!(output.status.code(), Some(0), "{out}\n{err}");
     assert!(
-        out.contains("analysis 1 (resumed): 4 files, 1 already finished"),
+        out.contains("analysis 1 (resumed): 5 files, 1 already finished"),
         "{out}"
     );
     assert!(
-        out.contains("analysis 1 finished: 4 files (2 failed)"),
+        out.contains("analysis 1 finished: 5 files (3 failed)"),
         "{out}"
     );
     assert!(
@@ -281,7 +296,7 @@ async fn a_folder_is_analysed_by_the_job_resumed_after_a_stop_and_an_unplugging_
         .last_run
         .and_then(|run| run.progress)
         .expect("the job reported its progress");
-    assert_eq!((progress.step, progress.total), (Some(4), Some(4)));
+    assert_eq!((progress.step, progress.total), (Some(5), Some(5)));
     assert_eq!(progress.metrics["frames"], 6025.0);
     assert_eq!(long["frames"].as_u64(), Some(6000));
     assert!(long["path"].as_str().unwrap().contains("/usb1/"), "{long}");
@@ -293,6 +308,15 @@ async fn a_folder_is_analysed_by_the_job_resumed_after_a_stop_and_an_unplugging_
             .unwrap()
             .contains("Invalid data found"),
         "{corrupt}"
+    );
+    let deleted = file(&files, "e-deleted.mp4");
+    assert_eq!(deleted["state"], "failed");
+    assert!(
+        deleted["error"]
+            .as_str()
+            .unwrap()
+            .ends_with("is no longer there (deleted or moved)"),
+        "{deleted}"
     );
     let unknown = file(&files, "d-unknown.avi");
     assert_eq!(unknown["state"], "failed");
@@ -361,7 +385,7 @@ async fn a_folder_is_analysed_by_the_job_resumed_after_a_stop_and_an_unplugging_
     assert_eq!(crossings, scanned);
     assert_eq!(
         lines.filter(|l| l.contains(",file_failed,")).count(),
-        2,
+        3,
         "{csv}"
     );
     let picture = csv

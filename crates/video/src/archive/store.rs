@@ -313,8 +313,20 @@ impl VideoDb {
                 tx.last_insert_rowid()
             }
         };
+        // Roots that moved (a drive mounted elsewhere): files not found this time move too.
+        let mut moved_roots = std::collections::BTreeMap::new();
         for file in found {
             let root = file.root.display().to_string();
+            let old_root: Option<String> = tx
+                .query_row(
+                    "SELECT root FROM analysis_files WHERE analysis = ?1 AND fingerprint = ?2",
+                    params![id, file.fingerprint],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let Some(old_root) = old_root.filter(|old| *old != root) {
+                moved_roots.insert(old_root, root.clone());
+            }
             let moved = tx.execute(
                 "UPDATE analysis_files SET root = ?3, path = ?4, mtime_ms = ?5 \
                  WHERE analysis = ?1 AND fingerprint = ?2",
@@ -335,6 +347,12 @@ impl VideoDb {
                     ],
                 )?;
             }
+        }
+        for (old_root, root) in &moved_roots {
+            tx.execute(
+                "UPDATE analysis_files SET root = ?3 WHERE analysis = ?1 AND root = ?2",
+                params![id, old_root, root],
+            )?;
         }
         tx.commit()?;
         let view = self.analysis(id, now_ms)?.ok_or(DbError::NotFound {
@@ -970,6 +988,16 @@ mod tests {
         assert_eq!((again.files.total, again.files.done), (3, 1));
         let files = db.analysis_files(view.id, 50).unwrap();
         assert_eq!(files[0].path, "/media/usb1/a.mp4");
+        // A file not found this time (deleted) moves with its root, so that the Run finds its
+        // root there and reports the file gone, not the drive.
+        let only_a = [found("/media/usb2", "a.mp4", "f1")];
+        db.add_analysis(SETTINGS, &["/media/usb2".into()], &only_a, false, 51)
+            .unwrap();
+        let moved_too = db.analysis_files(view.id, 51).unwrap();
+        assert!(
+            moved_too.iter().all(|f| f.root == "/media/usb2"),
+            "{moved_too:?}"
+        );
         assert_eq!(
             files[0].finished_ms,
             Some(30),
