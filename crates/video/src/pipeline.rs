@@ -88,12 +88,15 @@ impl PipelineOptions {
     }
 }
 
-/// The frame an object is best seen in: the gray analysed frame and the object's box on it.
+/// The frame an object is best seen in: the analysed frame and the object's box on it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
     pub width: usize,
     pub height: usize,
-    pub gray: Vec<u8>,
+    /// The luma plane, or with [`Snapshot::colour`] the whole YUV 4:2:0 frame.
+    pub pixels: Vec<u8>,
+    /// The frame had colour (a detector's frames do), so the picture has too.
+    pub colour: bool,
     pub bbox: BoxF,
     pub time_ms: i64,
 }
@@ -245,12 +248,21 @@ impl Pipeline {
         if !better || (!self.kept.contains_key(&track.id) && self.kept.len() >= MAX_KEPT_FRAMES) {
             return;
         }
+        let colour_size =
+            self.width * self.height + 2 * self.width.div_ceil(2) * self.height.div_ceil(2);
+        let colour = luma.len() >= colour_size;
+        let size = if colour {
+            colour_size
+        } else {
+            self.width * self.height
+        };
         self.kept.insert(
             track.id,
             Snapshot {
                 width: self.width,
                 height: self.height,
-                gray: luma[..self.width * self.height].to_vec(),
+                pixels: luma[..size].to_vec(),
+                colour,
                 bbox: track.bbox,
                 time_ms,
             },
@@ -407,6 +419,7 @@ mod tests {
         let snapshot = ended[0].1.as_ref().expect("its picture was kept");
         assert_eq!((snapshot.width, snapshot.height), (w, h));
         let (cx, cy) = snapshot.bbox.centre();
-        assert_eq!(snapshot.gray[cy as usize * w + cx as usize], 255);
+        assert!(!snapshot.colour);
+        assert_eq!(snapshot.pixels[cy as usize * w + cx as usize], 255);
     }
 }

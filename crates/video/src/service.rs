@@ -543,11 +543,70 @@ impl Sink {
 
 /// The JPEG of an object's best moment: its box with a margin around it.
 pub(crate) fn picture(s: &crate::pipeline::Snapshot) -> Result<Vec<u8>, snapshot::SnapshotError> {
-    let frame = snapshot::Frame::gray(&s.gray, s.width, s.height)?;
     let region = snapshot::crop_around(&s.bbox, snapshot::DEFAULT_MARGIN, s.width, s.height)?;
+    if s.colour {
+        // Only the region is converted to RGB.
+        let rgb = crate::detect::client::yuv420_to_rgb(
+            &s.pixels,
+            s.width,
+            s.height,
+            crate::detect::client::Region {
+                x: region.x,
+                y: region.y,
+                width: region.width,
+                height: region.height,
+            },
+        );
+        let frame = snapshot::Frame::rgb24(&rgb, region.width, region.height)?;
+        return snapshot::encode(&frame, None, snapshot::DEFAULT_QUALITY);
+    }
+    let frame = snapshot::Frame::gray(&s.pixels, s.width, s.height)?;
     snapshot::encode(&frame, Some(region), snapshot::DEFAULT_QUALITY)
 }
 
 fn box_of(b: &crate::track::BoxF) -> [f32; 4] {
     [b.x0, b.y0, b.x1, b.y1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::picture;
+    use crate::pipeline::Snapshot;
+    use crate::track::BoxF;
+
+    /// The component count of a JPEG's frame header (SOF0..SOF2): 1 gray, 3 colour.
+    fn components(jpeg: &[u8]) -> u8 {
+        let at = jpeg
+            .windows(2)
+            .position(|w| w[0] == 0xFF && (0xC0..=0xC2).contains(&w[1]))
+            .expect("a frame header");
+        jpeg[at + 9]
+    }
+
+    #[test]
+    fn pictures_have_colour_when_the_frames_do() {
+        let (w, h) = (64usize, 48usize);
+        let bbox = BoxF::new(16.0, 12.0, 48.0, 36.0);
+        let gray = Snapshot {
+            width: w,
+            height: h,
+            pixels: vec![128; w * h],
+            colour: false,
+            bbox,
+            time_ms: 0,
+        };
+        assert_eq!(components(&picture(&gray).unwrap()), 1);
+        // Pure red in BT.601 limited range: Y 81, U 90, V 240.
+        let mut yuv = vec![81u8; w * h];
+        yuv.extend(std::iter::repeat_n(90u8, (w / 2) * (h / 2)));
+        yuv.extend(std::iter::repeat_n(240u8, (w / 2) * (h / 2)));
+        let red = Snapshot {
+            pixels: yuv,
+            colour: true,
+            ..gray
+        };
+        let jpeg = picture(&red).unwrap();
+        assert_eq!(components(&jpeg), 3);
+        assert!(jpeg.starts_with(&[0xFF, 0xD8]) && jpeg.ends_with(&[0xFF, 0xD9]));
+    }
 }
