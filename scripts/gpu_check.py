@@ -35,7 +35,16 @@ with the default models, .gpu/minilm and .gpu/smollm2 (see scripts/gpu-check):
     0.4046 ± 1e-3, as on the CPU;
   - engines chat: `flowers engine chat --device cuda`; a greedy 64-token answer, timed.
 
-`--only basic`, `--only example` or `--only engines` runs one part.
+Then video analysis on the GPU:
+
+  - video nvdec: `flowers video scan CLIP --hwaccel cuda` (NVDEC) against the same scan in
+    software, on a 1080p H.264 clip (.gpu/clip1080.mp4, or made here with ffmpeg): the same
+    frames, and each one's time;
+  - video cuda-ep: `flowers engine detect --device cuda` on the fixture model .gpu/v8.onnx with
+    ONNX Runtime's GPU library (.gpu/ort/libonnxruntime.so*, or the onnxruntime-gpu package of
+    this python3): the start line says the GPU, and an image gets the fixture's boxes.
+
+`--only basic|example|engines|video` runs one part.
 
 Standard library only, plus PyTorch inside the workload (skipped with a clear row if absent).
 Exit status 0 when every check passed, 1 otherwise, 2 when there is no GPU to check.
@@ -43,6 +52,7 @@ Exit status 0 when every check passed, 1 otherwise, 2 when there is no GPU to ch
 
 import argparse
 import concurrent.futures
+import glob
 import json
 import os
 import shutil
@@ -538,13 +548,106 @@ def check_engines(binary):
             shutil.copy(os.path.join(work, name), os.path.join(out, name))
 
 
+def check_video(binary):
+    """NVDEC through `flowers video scan`, and the detector on ONNX Runtime's CUDA provider."""
+    gpu = os.path.join(REPO, ".gpu")
+    work = tempfile.mkdtemp(prefix="flowers-gpu-video-")
+    failures = 0
+    ffmpeg = shutil.which("ffmpeg")
+    clip = os.path.join(gpu, "clip1080.mp4")
+    if not ffmpeg:
+        row("video nvdec", None, "skipped: no ffmpeg on this machine (Flowers decodes with ffmpeg processes)")
+    else:
+        if not os.path.exists(clip):
+            clip = os.path.join(work, "clip1080.mp4")
+            subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                            "testsrc2=s=1920x1080:r=25:d=20", "-c:v", "libx264", "-preset", "veryfast", clip],
+                           check=True)
+        scans = {}
+        for mode in ("none", "cuda"):
+            started = time.monotonic()
+            done = subprocess.run([binary, "--json", "video", "scan", clip, "--hwaccel", mode,
+                                   "--width", "1920"], capture_output=True, text=True)
+            took = time.monotonic() - started
+            summary = None
+            for line in done.stdout.splitlines():
+                value = json.loads(line)
+                if "summary" in value:
+                    summary = value["summary"]
+            scans[mode] = (done.returncode, summary, took, done.stderr.strip()[-300:])
+        (sw_code, sw, sw_took, sw_err), (hw_code, hw, hw_took, hw_err) = scans["none"], scans["cuda"]
+        ok = sw_code == 0 and hw_code == 0 and sw and hw and sw["frames"] == hw["frames"]
+        if ok:
+            detail = (f"{hw['frames']} frames of {hw['width']}×{hw['height']} at 5 fps: NVDEC {hw_took:.2f}s, "
+                      f"software {sw_took:.2f}s (whole scans, decoding the 25 fps clip)")
+        else:
+            detail = f"software exit {sw_code} ({sw_err or sw}); NVDEC exit {hw_code}: {hw_err or hw}"
+        row("video nvdec", ok, detail)
+        failures += 0 if ok else 1
+
+    model = os.path.join(gpu, "v8.onnx")
+    libraries = sorted(glob.glob(os.path.join(gpu, "ort", "libonnxruntime.so*")), key=len)
+    if not libraries:
+        try:
+            import onnxruntime  # noqa: F401  (the onnxruntime-gpu package, if this python3 has it)
+            if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+                capi = os.path.join(os.path.dirname(onnxruntime.__file__), "capi")
+                libraries = sorted(glob.glob(os.path.join(capi, "libonnxruntime.so*")), key=len)
+        except ImportError:
+            pass
+    if not os.path.exists(model):
+        row("video cuda-ep", None, "skipped: no .gpu/v8.onnx (see scripts/gpu-check for preparing it)")
+    elif not libraries:
+        row("video cuda-ep", None, "skipped: no ONNX Runtime with the CUDA provider here (.gpu/ort or the "
+            "onnxruntime-gpu package)")
+    else:
+        port = free_port()
+        log_path = os.path.join(work, "detect.log")
+        with open(log_path, "ab") as log:
+            engine = subprocess.Popen([binary, "engine", "detect", "--model", model, "--ort-lib", libraries[-1],
+                                       "--device", "cuda", "--listen", f"127.0.0.1:{port}"],
+                                      stdout=log, stderr=log)
+        try:
+            def healthy():
+                if engine.poll() is not None:
+                    raise SystemExit(f"flowers engine detect exited {engine.returncode}")
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                    return True
+            wait_for("flowers engine detect", healthy, seconds=120)
+            with open(log_path, errors="replace") as f:
+                started_line = next((line.strip() for line in f if line.startswith("detect engine:")), "")
+            image = bytes([114]) * (1280 * 720 * 3)
+            body = json.dumps([{"width": 1280, "height": 720}]).encode() + b"\n" + image
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/detect", body)
+            started = time.monotonic()
+            with urllib.request.urlopen(request, timeout=60) as response:
+                answer = json.loads(response.read())
+            took = time.monotonic() - started
+            labels = [found["label"] for found in answer["results"][0]]
+            ok = "the GPU (CUDA)" in started_line and "person" in labels
+            row("video cuda-ep", ok, f"{started_line!r}; an image in {took * 1000:.0f} ms: {labels}")
+            failures += 0 if ok else 1
+        except (Exception, SystemExit) as error:
+            row("video cuda-ep", False, f"{type(error).__name__}: {error}")
+            failures += 1
+        finally:
+            engine.terminate()
+            engine.wait(timeout=60)
+    out = os.environ.get("OUT")
+    for name in os.listdir(work) if out else []:
+        if name.endswith(".log"):
+            shutil.copy(os.path.join(work, name), os.path.join(out, name))
+    return 1 if failures else 0
+
+
 def cli_output(binary, api, *args):
     return subprocess.run([binary, "--api", api, *args], capture_output=True, text=True).stdout
 
 
 def main():
     parser = argparse.ArgumentParser(description="Flowers' GPU path end to end (see scripts/gpu-check)")
-    parser.add_argument("--only", choices=("basic", "example", "engines"), help="run one part of the check")
+    parser.add_argument("--only", choices=("basic", "example", "engines", "video"),
+                        help="run one part of the check")
     args = parser.parse_args()
     binary = find_binary()
     status = 0
@@ -554,6 +657,8 @@ def main():
         status = check_example(binary)
     if status != 2 and args.only in (None, "engines"):
         status = check_engines(binary)
+    if status != 2 and args.only in (None, "video"):
+        status = check_video(binary)
 
     print("\n| check | result | detail |\n| --- | --- | --- |")
     for check, result, detail in rows:

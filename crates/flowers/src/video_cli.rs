@@ -65,6 +65,10 @@ pub enum VideoAction {
         /// The ffmpeg program.
         #[arg(long, default_value = "ffmpeg")]
         ffmpeg: PathBuf,
+        /// Decode on the GPU with NVDEC (`cuda`; fails where there is no NVIDIA driver) or
+        /// in software (`none`).
+        #[arg(long, default_value = "none", value_parser = ["none", "cuda"])]
+        hwaccel: String,
     },
     /// List the video service's streams with their state and rate.
     Streams,
@@ -156,9 +160,12 @@ pub async fn run(args: VideoArgs, api: &str, json: bool) -> anyhow::Result<ExitC
             file,
             geometry,
             ffmpeg,
-        } => tokio::task::spawn_blocking(move || scan(&file, &geometry, ffmpeg, json))
-            .await
-            .context("the scanning thread panicked")?,
+            hwaccel,
+        } => tokio::task::spawn_blocking(move || {
+            scan(&file, &geometry, ffmpeg, hwaccel == "cuda", json)
+        })
+        .await
+        .context("the scanning thread panicked")?,
         VideoAction::Streams => streams(&client, json).await,
         VideoAction::Analyze {
             paths,
@@ -333,6 +340,7 @@ fn scan(
     file: &std::path::Path,
     geometry: &Geometry,
     ffmpeg: PathBuf,
+    hwaccel: bool,
     json_output: bool,
 ) -> anyhow::Result<ExitCode> {
     if !file.is_file() {
@@ -347,6 +355,7 @@ fn scan(
     decode.fps = spec.fps;
     decode.width = spec.width;
     decode.program = ffmpeg;
+    decode.hwaccel = hwaccel;
     let options = video::ScanOptions {
         decode,
         pipeline: video::PipelineOptions::from_spec(&spec, domain::MotionSpec::default())?,

@@ -478,6 +478,13 @@ fn scan_counts_the_crossings_of_a_file_and_refuses_bad_flags() {
         (Some(25), Some(2))
     );
 
+    // NVDEC asked where there is no driver: ffmpeg's reason, not a hang or a crash.
+    let (code, _, err) = scan(&["cross.mp4", "--hwaccel", "cuda"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cross.mp4: ffmpeg could not decode it"), "{err}");
+    let (code, _, err) = scan(&["cross.mp4", "--hwaccel", "gpu"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("[possible values: none, cuda]"), "{err}");
     let (code, _, err) = scan(&["cross.mp4", "--line", "0.5,1.5,0.5,0"]);
     assert_eq!(code, Some(1));
     assert!(
