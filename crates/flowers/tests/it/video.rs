@@ -481,7 +481,10 @@ fn scan_counts_the_crossings_of_a_file_and_refuses_bad_flags() {
     // NVDEC asked where there is no driver: ffmpeg's reason, not a hang or a crash.
     let (code, _, err) = scan(&["cross.mp4", "--hwaccel", "cuda"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("cross.mp4: ffmpeg could not decode it"), "{err}");
+    assert!(
+        err.contains("cross.mp4: ffmpeg could not decode it"),
+        "{err}"
+    );
     let (code, _, err) = scan(&["cross.mp4", "--hwaccel", "gpu"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("[possible values: none, cuda]"), "{err}");

@@ -85,6 +85,9 @@ struct Shared {
     dropped: AtomicU64,
     published: AtomicU64,
     connection: Mutex<(bool, Option<String>)>,
+    /// Each stream's last status message, published again at every connection: a broker that
+    /// restarted without persistence has lost its retained messages.
+    statuses: Mutex<std::collections::BTreeMap<String, Message>>,
     /// Ends (the sender is dropped) when the connection task has stopped.
     stopped: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
     stop_wait: Duration,
@@ -103,6 +106,7 @@ impl Publisher {
                 dropped: AtomicU64::new(0),
                 published: AtomicU64::new(0),
                 connection: Mutex::new((false, None)),
+                statuses: Mutex::new(Default::default()),
                 stopped: Mutex::new(None),
                 stop_wait: options.stop_wait,
             }),
@@ -159,11 +163,17 @@ impl Publisher {
             EventKind::StreamOffline => "offline",
             _ => return,
         };
-        self.push(Message {
+        let message = Message {
             topic: self.topic(Some(&event.stream), "status"),
             payload: state.as_bytes().to_vec(),
             retain: true,
-        });
+        };
+        self.shared
+            .statuses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(message.topic.clone(), message.clone());
+        self.push(message);
     }
 
     /// Queues a message, dropping the oldest when the queue is full.
@@ -299,11 +309,19 @@ async fn run(
                     payload: b"online".to_vec(),
                     retain: true,
                 };
-                shared
-                    .queue
+                let statuses: Vec<Message> = shared
+                    .statuses
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push_front(online);
+                    .values()
+                    .cloned()
+                    .collect();
+                let mut queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+                for message in statuses.into_iter().rev() {
+                    queue.push_front(message);
+                }
+                queue.push_front(online);
+                drop(queue);
                 shared.ready.notify_one();
             }
             Ok(_) => {}
