@@ -102,6 +102,15 @@ pub async fn run(args: VideoArgs) -> anyhow::Result<ExitCode> {
         dir.display(),
         prefix
     );
+    {
+        // Pictures a crash left unrecorded, in the background.
+        let service = Arc::clone(&service);
+        tokio::task::spawn_blocking(move || match service.remove_orphan_snapshots() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} snapshots that no object named (left by a crash)"),
+            Err(error) => tracing::warn!("cannot look for unrecorded snapshots: {error}"),
+        });
+    }
     let watchdog = {
         let service = Arc::clone(&service);
         tokio::spawn(async move {

@@ -7,7 +7,8 @@
 //! Snapshots live as `snapshots/YYYY-MM-DD/ID.jpg` (the UTC day the object started), written to
 //! a temporary file, synced and renamed, so a crash never leaves half a picture under its final
 //! name. A row refers to a file only once the file is whole; a crash between the two can leave a
-//! file no row refers to, never a row whose file is half written.
+//! file no row refers to (removed at the next start: [`VideoDb::unrecorded_snapshots`]), never a
+//! row whose file is half written.
 //!
 //! One process writes (the video service runs `stop-first`); methods are synchronous and short,
 //! and async callers wrap them in `spawn_blocking`.
@@ -532,6 +533,44 @@ impl VideoDb {
             path,
             snapshots,
         })
+    }
+
+    /// The snapshots under `snapshots/DAY/ID.jpg` that no object names: a crash between
+    /// writing a picture and recording it leaves one. Reads the folders only; see
+    /// [`VideoDb::unrecorded_snapshots`] for which of them no row names.
+    pub fn snapshot_files(dir: &Path) -> io::Result<Vec<(String, i64)>> {
+        let snapshots = dir.join(SNAPSHOT_DIR);
+        let mut found = Vec::new();
+        for day in fs::read_dir(&snapshots)? {
+            let day = day?;
+            let name = day.file_name().to_string_lossy().into_owned();
+            if name == TMP_DIR || !day.file_type()?.is_dir() {
+                continue;
+            }
+            for file in fs::read_dir(day.path())? {
+                let file = file?.file_name().to_string_lossy().into_owned();
+                if let Some(id) = file.strip_suffix(".jpg").and_then(|id| id.parse().ok()) {
+                    found.push((format!("{name}/{file}"), id));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Of `files` (`DAY/ID.jpg` with the id), those that the object `ID` does not name.
+    pub fn unrecorded_snapshots(&self, files: &[(String, i64)]) -> Result<Vec<String>, DbError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT snapshot FROM objects WHERE id = ?1")?;
+        let mut orphans = Vec::new();
+        for (relative, id) in files {
+            let named: Option<Option<String>> =
+                statement.query_row([id], |row| row.get(0)).optional()?;
+            if named.flatten().as_deref() != Some(relative.as_str()) {
+                orphans.push(relative.clone());
+            }
+        }
+        Ok(orphans)
     }
 
     /// The database file.
@@ -1556,6 +1595,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = VideoDb::open(dir.path()).unwrap();
         (dir, db)
+    }
+
+    #[test]
+    fn pictures_no_object_names_are_found_and_recorded_ones_are_not() {
+        let (dir, mut db) = temp_db();
+        let id = db.start_object("front", "car", None, T0).unwrap();
+        db.end_object(id, T0 + 10, 0.9, [0.0, 0.0, 1.0, 1.0], Some(&jpeg(1, 64)))
+            .unwrap();
+        let recorded = db.object(id).unwrap().unwrap().snapshot.unwrap();
+        // A crash between writing a picture and recording it: a file no row names, under an id
+        // that exists and under one that does not.
+        let day = dir.path().join(SNAPSHOT_DIR).join(utc_day(T0));
+        let other = db.start_object("front", "car", None, T0).unwrap();
+        std::fs::write(day.join(format!("{other}.jpg")), jpeg(2, 64)).unwrap();
+        std::fs::write(day.join("999.jpg"), jpeg(3, 64)).unwrap();
+        std::fs::write(day.join("notes.txt"), b"not a picture").unwrap();
+        let mut files = VideoDb::snapshot_files(dir.path()).unwrap();
+        files.sort();
+        assert_eq!(files.len(), 3, "{files:?}");
+        let mut orphans = db.unrecorded_snapshots(&files).unwrap();
+        orphans.sort();
+        let day = utc_day(T0);
+        let mut expected = vec![format!("{day}/999.jpg"), format!("{day}/{other}.jpg")];
+        expected.sort();
+        assert_eq!(orphans, expected);
+        assert!(!orphans.contains(&recorded));
     }
 
     /// Bytes that pass the JPEG check, `len` long, their content a function of `seed`.

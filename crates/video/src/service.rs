@@ -357,6 +357,37 @@ impl VideoService {
         }
     }
 
+    /// Removes the snapshot files no object names (left by a crash between writing one and
+    /// recording it), checking a thousand at a time so that streams are not held up; returns
+    /// how many were removed.
+    pub fn remove_orphan_snapshots(&self) -> Result<usize, ServiceError> {
+        let dir = self
+            .db()
+            .path()
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let files = VideoDb::snapshot_files(&dir).map_err(|source| {
+            ServiceError::Db(crate::db::DbError::Io {
+                path: dir.join(crate::db::SNAPSHOT_DIR),
+                source,
+            })
+        })?;
+        let mut removed = 0;
+        for chunk in files.chunks(1000) {
+            // Checked and removed under one lock: no picture is recorded meanwhile.
+            let db = self.db();
+            for relative in db.unrecorded_snapshots(chunk)? {
+                let path = db.snapshot_path(&relative);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => removed += 1,
+                    Err(error) => tracing::warn!("cannot remove {}: {error}", path.display()),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Applies the retention limits once.
     pub fn sweep(&self) -> Result<SweepReport, ServiceError> {
         let retention = Retention {
