@@ -329,22 +329,28 @@ pub async fn get_json(port: u16, path: &str) -> Option<serde_json::Value> {
 /// `FLOWERS_TEST_SMOLLM2` (scripts/test sets them), else asked of scripts/model-paths, which
 /// reads scripts/setup's virtual environment. Tests that need a model fail without it.
 pub fn default_model(name: &str) -> PathBuf {
+    setup_path(name, "model-paths", "the default models")
+}
+
+/// `FLOWERS_TEST_{NAME}` (scripts/test sets it), else the `NAME=` line that `scripts/SCRIPT`
+/// prints from what scripts/setup installed (`what`, for the message when it did not).
+pub fn setup_path(name: &str, script: &str, what: &str) -> PathBuf {
     let variable = format!("FLOWERS_TEST_{}", name.to_uppercase());
     if let Some(path) = std::env::var_os(&variable).filter(|p| !p.is_empty()) {
         return PathBuf::from(path);
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/model-paths");
-    let output = Command::new(script)
+    let path = format!("{}/../../scripts/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(&path)
         .output()
-        .expect("scripts/model-paths runs");
+        .unwrap_or_else(|error| panic!("scripts/{script} does not run: {error}"));
     assert!(
         output.status.success(),
-        "{variable} is unset and scripts/model-paths failed ({}): run scripts/setup, which installs the default models",
+        "{variable} is unset and scripts/{script} failed ({}): run scripts/setup, which installs {what}",
         String::from_utf8_lossy(&output.stderr).trim()
     );
     let prefix = format!("{name}=");
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .find_map(|line| line.strip_prefix(&prefix).map(PathBuf::from))
-        .unwrap_or_else(|| panic!("scripts/model-paths names no {name}"))
+        .unwrap_or_else(|| panic!("scripts/{script} names no {name}"))
 }

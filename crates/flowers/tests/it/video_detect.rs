@@ -12,23 +12,11 @@ use serde_json::Value;
 use crate::support::*;
 use crate::video::{camera, crossing_clip};
 
-/// `FLOWERS_TEST_ORT` / `FLOWERS_TEST_PYTHON` (scripts/test sets them), else scripts/ort-path.
+/// ONNX Runtime's library (`ort`) or the Python with onnx (`python`) that scripts/setup installs.
 fn test_env(name: &str) -> String {
-    if let Some(value) = std::env::var_os(format!("FLOWERS_TEST_{}", name.to_uppercase())) {
-        return value.to_string_lossy().into_owned();
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/ort-path");
-    let output = Command::new(script)
-        .output()
-        .expect("scripts/ort-path runs");
-    assert!(
-        output.status.success(),
-        "run scripts/setup: onnxruntime and onnx are needed"
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{name}=")).map(str::to_string))
-        .unwrap_or_else(|| panic!("scripts/ort-path prints no {name}="))
+    setup_path(name, "ort-path", "onnxruntime and onnx")
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// The fixture YOLOv8 model (hand-placed boxes: a person, a dog, a toy) as `dir/NAME/v8.onnx`.
