@@ -505,3 +505,75 @@ fn scan_counts_the_crossings_of_a_file_and_refuses_bad_flags() {
     assert_eq!(code, Some(1));
     assert!(err.contains("ffmpeg could not decode it"), "{err}");
 }
+
+/// An HLS camera: ffmpeg writing a live playlist of one-second segments, served by Python's
+/// http.server, as a camera's or a media server's HLS output would be.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_hls_stream_is_followed_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = crossing_clip(dir.path());
+    let hls = dir.path().join("hls");
+    std::fs::create_dir(&hls).unwrap();
+    let _writer = ffmpeg_sending(
+        &clip,
+        &[
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-f",
+            "hls",
+            "-hls_time",
+            "1",
+            "-hls_list_size",
+            "5",
+            "-hls_flags",
+            "delete_segments",
+        ],
+        hls.join("cam.m3u8").to_string_lossy().into_owned(),
+    );
+    let http_port = free_port();
+    let _server = Running(Some(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &http_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .current_dir(&hls)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs"),
+    ));
+    std::fs::write(
+        dir.path().join("flowers.toml"),
+        format!(
+            "[video.streams.hls]\nurl = \"http://127.0.0.1:{http_port}/cam.m3u8\"\n\
+             [video.streams.hls.lines.gate]\nfrom = [0.515625, 1.0]\nto = [0.515625, 0.0]\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let video = engine(dir.path(), port);
+    let api = Api {
+        base: format!("http://127.0.0.1:{port}"),
+        http: reqwest::Client::new(),
+    };
+    api.until("the HLS stream online with frames", || async {
+        let stream = api.stream("hls").await;
+        state(&stream) == "online" && stream["status"]["frames"].as_u64() > Some(10)
+    })
+    .await;
+    api.until("a crossing seen on the HLS stream", || async {
+        !api.events("stream=hls&kind=line_crossed").await.is_empty()
+    })
+    .await;
+    let stream = api.stream("hls").await;
+    assert_eq!(stream["status"]["width"], 640, "{stream}");
+    stop(video);
+}
