@@ -128,6 +128,7 @@ async fn follow(
     let mut last_line = Instant::now() - Duration::from_secs(60);
     let mut restarted = false;
     let mut polls = 0u64;
+    let mut job_note: Option<String> = None;
     loop {
         let answer: Value = service.get_json(&format!("/v1/analyses/{id}")).await?;
         let view: AnalysisView = serde_json::from_value(answer["analysis"].clone())
@@ -137,7 +138,10 @@ async fn follow(
         while samples.len() > 2 && now.duration_since(samples[0].0) > RATE_WINDOW {
             samples.pop_front();
         }
-        let line = progress_line(&view, &samples);
+        let mut line = progress_line(&view, &samples);
+        if let Some(note) = job_note.as_deref().filter(|_| view.state == "waiting") {
+            line.push_str(&format!(": {note}"));
+        }
         if tty {
             eprint!("\r\x1b[2K{line}");
             let _ = std::io::stderr().flush();
@@ -160,6 +164,8 @@ async fn follow(
                 info.state.as_str(),
                 "waiting" | "running" | "restarting" | "stopping"
             );
+            // Why it waits (no device free), shown on the line.
+            job_note = info.reason.clone().filter(|_| info.state == "waiting");
             if !active {
                 // The analysis may have finished between the two questions.
                 let again: Value = service.get_json(&format!("/v1/analyses/{id}")).await?;

@@ -402,3 +402,48 @@ async fn a_folder_is_analysed_by_the_job_resumed_after_a_stop_and_an_unplugging_
         .unwrap();
     assert!(jpeg.starts_with(&[0xFF, 0xD8]), "{picture}");
 }
+
+/// With no device to give the job, the command says why it waits instead of waiting silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_says_why_the_job_waits() {
+    let server = TestServer::start(&format!("[devices]\ncpu_slots = 0\n{}", config())).await;
+    let dir = server.dir.path();
+    std::fs::create_dir(dir.join("usb0")).unwrap();
+    let made = crossing_clip(dir);
+    std::fs::rename(made, dir.join("usb0/cross.mp4")).unwrap();
+    server
+        .eventually("the video service to be ready", || async {
+            get_json(server.gateway_port, "/video/v1/analyses").await
+        })
+        .await;
+    let gateway = format!("http://127.0.0.1:{}", server.gateway_port);
+    let mut watching = Command::new(FLOWERS)
+        .args(["video", "--gateway", &gateway, "analyze", "usb0"])
+        .current_dir(dir)
+        .env("FLOWERS_API", server.client.base())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = watching.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find(|line| line.contains("(waiting for the job): "))
+    });
+    // Lines come every 10 s when stderr is not a terminal; the command itself never ends.
+    let found = tokio::time::timeout(
+        DEADLINE,
+        tokio::task::spawn_blocking(move || reader.join().unwrap()),
+    )
+    .await;
+    let _ = watching.kill();
+    let _ = watching.wait();
+    let line = found
+        .expect("a progress line with the job's reason in time")
+        .unwrap()
+        .expect("a progress line with the job's reason");
+    assert!(line.contains("needs 1 device"), "{line}");
+}
