@@ -535,9 +535,9 @@ impl VideoDb {
         })
     }
 
-    /// The snapshots under `snapshots/DAY/ID.jpg` that no object names: a crash between
-    /// writing a picture and recording it leaves one. Reads the folders only; see
-    /// [`VideoDb::unrecorded_snapshots`] for which of them no row names.
+    /// Every picture under `dir`'s `snapshots/DAY/ID.jpg`, as `DAY/ID.jpg` with the id. Reads
+    /// the folders only, not the database: [`VideoDb::unrecorded_snapshots`] says which of
+    /// them no object names (a crash between writing a picture and recording it leaves one).
     pub fn snapshot_files(dir: &Path) -> io::Result<Vec<(String, i64)>> {
         let snapshots = dir.join(SNAPSHOT_DIR);
         let mut found = Vec::new();
