@@ -334,6 +334,16 @@ async fn analyse(job: &Arc<Job>, claim: Claim) -> anyhow::Result<()> {
     }
     let mut settings = claim.settings;
     settings["url"] = json!(file.path);
+    // The service's [video.motion], stored with the analysis (none in older ones).
+    let motion = match settings.as_object_mut().and_then(|s| s.remove("motion")) {
+        Some(value) => serde_json::from_value(value).with_context(|| {
+            format!(
+                "analysis {}: motion settings this binary cannot read",
+                file.analysis
+            )
+        })?,
+        None => domain::MotionSpec::default(),
+    };
     let spec: domain::StreamSpec = serde_json::from_value(settings).with_context(|| {
         format!(
             "analysis {}: settings this binary cannot read",
@@ -352,7 +362,7 @@ async fn analyse(job: &Arc<Job>, claim: Claim) -> anyhow::Result<()> {
     };
     let options = video::ScanOptions {
         decode,
-        pipeline: video::PipelineOptions::from_spec(&spec, domain::MotionSpec::default())
+        pipeline: video::PipelineOptions::from_spec(&spec, motion)
             .with_context(|| format!("analysis {}: a mask", file.analysis))?,
     };
     let frames_total = {

@@ -388,6 +388,11 @@ impl VideoService {
         Ok(removed)
     }
 
+    /// How motion is found (`[video.motion]`), for streams and archives alike.
+    pub fn motion(&self) -> domain::MotionSpec {
+        self.config.motion
+    }
+
     /// Applies the retention limits once.
     pub fn sweep(&self) -> Result<SweepReport, ServiceError> {
         let retention = Retention {

@@ -24,6 +24,9 @@ max_body = "1GiB"
 [services.video.probe]
 interval = "200ms"
 
+[video.motion]
+threshold = 30
+
 [jobs.video-analyze]
 command = ["flowers", "engine", "video-analyze", "--no-detector", "--workers", "1"]
 devices = 1
@@ -280,6 +283,8 @@ async fn a_folder_is_analysed_by_the_job_resumed_after_a_stop_and_an_unplugging_
     );
     let (view, files) = analysis(&server).await;
     assert_eq!(view["state"], "finished");
+    // The service's [video.motion] is the analysis's, for the job.
+    assert_eq!(view["settings"]["motion"]["threshold"], 30, "{view:#}");
     assert_eq!(
         file(&files, "a-cross.mp4")["finished_ms"].as_i64(),
         Some(first_done),

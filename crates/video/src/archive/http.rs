@@ -161,7 +161,11 @@ async fn add_analysis(
             )
         })?;
     spec.url = String::new();
-    let canonical = serde_json::to_string(&spec).expect("a stream serialises");
+    // The service's `[video.motion]` goes with the settings: the job finds motion as the
+    // streams do, and an analysis made with other motion settings is another analysis.
+    let mut settings = serde_json::to_value(&spec).expect("a stream serialises");
+    settings["motion"] = serde_json::to_value(service.motion()).expect("motion serialises");
+    let canonical = settings.to_string();
     let paths: Vec<PathBuf> = request.paths.iter().map(PathBuf::from).collect();
     let roots = request.paths.clone();
     let (view, resumed, skipped) = blocking(move || {
