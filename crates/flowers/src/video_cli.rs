@@ -127,6 +127,8 @@ pub enum VideoAction {
     },
     /// List analyses of recordings and how far each has come.
     Analyses,
+    /// Delete an analysis with its results and pictures (not while the job works on it).
+    DeleteAnalysis { id: i64 },
     /// An analysis's report: a row per object seen, zone or line event, and failed file.
     Report {
         id: i64,
@@ -193,6 +195,12 @@ pub async fn run(args: VideoArgs, api: &str, json: bool) -> anyhow::Result<ExitC
             crate::video_archive_cli::analyze(&client, api, options, json).await
         }
         VideoAction::Analyses => crate::video_archive_cli::analyses(&client, json).await,
+        VideoAction::DeleteAnalysis { id } => {
+            let path = format!("/v1/analyses/{id}");
+            client.send(client.http.delete(client.url(&path))).await?;
+            println!("deleted analysis {id}");
+            Ok(ExitCode::SUCCESS)
+        }
         VideoAction::Report { id, csv, output } => {
             crate::video_archive_cli::report(&client, id, csv, output, json).await
         }

@@ -406,6 +406,15 @@ async fn a_folder_is_analysed_by_the_job_resumed_after_a_stop_and_an_unplugging_
         .await
         .unwrap();
     assert!(jpeg.starts_with(&[0xFF, 0xD8]), "{picture}");
+
+    // Deleted, with its pictures: the report is gone too.
+    let (code, out, err) = server.cli(&["video", "--gateway", &gateway, "delete-analysis", "1"]);
+    assert_eq!((code, out.trim()), (0, "deleted analysis 1"), "{err}");
+    let (code, _, err) = server.cli(&["video", "--gateway", &gateway, "report", "1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no analysis 1"), "{err}");
+    let gone = reqwest::get(format!("{gateway}{picture}")).await.unwrap();
+    assert_eq!(gone.status(), 404);
 }
 
 /// With no device to give the job, the command says why it waits instead of waiting silently.

@@ -3,7 +3,8 @@
 //!   (absolute, on the service's machine), fingerprints the files and records them, resuming
 //!   the analysis with the same settings that shares files with them unless `new`; 201 for a
 //!   new analysis, 200 for one resumed, with what was skipped and why.
-//! - `GET /v1/analyses`, `GET /v1/analyses/{id}[?files=true]`: how far each has come.
+//! - `GET /v1/analyses`, `GET /v1/analyses/{id}[?files=true]`: how far each has come;
+//!   `DELETE /v1/analyses/{id}`: it, its results and pictures (409 while a Run works on it).
 //! - `GET /v1/analyses/{id}/report?format=json|csv`: a row per object, rule event and failed
 //!   file.
 //! - `GET /v1/analyses/objects/{id}/snapshot.jpg`.
@@ -45,7 +46,10 @@ pub fn routes(p: &str) -> Router<Service> {
             get(list_analyses).post(add_analysis),
         )
         .route(&format!("{p}/v1/analyses/claim"), post(claim))
-        .route(&format!("{p}/v1/analyses/{{id}}"), get(get_analysis))
+        .route(
+            &format!("{p}/v1/analyses/{{id}}"),
+            get(get_analysis).delete(delete_analysis),
+        )
         .route(&format!("{p}/v1/analyses/{{id}}/report"), {
             let prefix = p.to_string();
             get(move |service, id, params| report(service, id, params, prefix))
@@ -236,6 +240,21 @@ async fn get_analysis(
     })
     .await?;
     Ok(Json(answer).into_response())
+}
+
+async fn delete_analysis(
+    State(service): State<Service>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    let id = parse_id(&id)?;
+    blocking(move || {
+        service
+            .db()
+            .delete_analysis(id, domain::now_ms())
+            .map_err(db_failure)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 fn not_found(id: i64) -> Failure {

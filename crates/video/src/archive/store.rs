@@ -362,6 +362,44 @@ impl VideoDb {
         Ok((view, resumed.is_some()))
     }
 
+    /// Deletes analysis `id` with its files' results and pictures. Refused while a Run is
+    /// analysing one of its files (stop the job first).
+    pub fn delete_analysis(&mut self, id: i64, now_ms: i64) -> Result<(), DbError> {
+        let view = self.analysis(id, now_ms)?.ok_or(DbError::NotFound {
+            what: "analysis",
+            id,
+        })?;
+        if view.files.running > 0 {
+            return Err(DbError::Conflict(format!(
+                "analysis {id} has {} files being analysed; stop the job first \
+                 (`flowers stop RUN`), or wait for it",
+                view.files.running
+            )));
+        }
+        let tx = self.conn.transaction()?;
+        let files = "SELECT id FROM analysis_files WHERE analysis = ?1";
+        tx.execute(
+            &format!("DELETE FROM analysis_events WHERE file IN ({files})"),
+            [id],
+        )?;
+        tx.execute(
+            &format!("DELETE FROM analysis_objects WHERE file IN ({files})"),
+            [id],
+        )?;
+        tx.execute("DELETE FROM analysis_files WHERE analysis = ?1", [id])?;
+        tx.execute("DELETE FROM analyses WHERE id = ?1", [id])?;
+        tx.commit()?;
+        // The rows are gone first: a crash here leaves pictures no row names, never a row
+        // naming a missing picture.
+        let pictures = self.archive_dir().join(id.to_string());
+        match fs::remove_dir_all(&pictures) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                Err(DbError::io(&pictures)(error))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Every analysis, newest first.
     pub fn analyses(&self, now_ms: i64) -> Result<Vec<AnalysisView>, DbError> {
         let ids: Vec<i64> = self
@@ -1052,6 +1090,26 @@ mod tests {
         assert!(db
             .archive_snapshot_path(&relative)
             .starts_with(dir.path().join(ARCHIVE_DIR)));
+
+        // Deleting: refused while a Run holds a file, then everything goes, pictures too.
+        let held = db.claim_file("run-3", 80).unwrap().unwrap();
+        assert_eq!(held.file.analysis, view.id);
+        let error = db.delete_analysis(view.id, 81).unwrap_err();
+        assert!(error.to_string().contains("stop the job first"), "{error}");
+        db.release_file(held.file.id, "run-3", None, 82).unwrap();
+        db.delete_analysis(view.id, 83).unwrap();
+        assert!(db.analysis(view.id, 84).unwrap().is_none());
+        assert!(!db.archive_snapshot_path(&relative).exists());
+        assert!(matches!(
+            db.archive_object_snapshot(object),
+            Err(DbError::NotFound { .. })
+        ));
+        assert!(matches!(
+            db.delete_analysis(view.id, 85),
+            Err(DbError::NotFound { .. })
+        ));
+        // The other analyses are untouched.
+        assert!(db.analysis(other.id, 86).unwrap().is_some());
     }
 
     #[test]
