@@ -816,14 +816,27 @@ impl VideoDb {
                 ),
             ));
         }
-        let day = utc_day(started_ms);
-        let relative = format!("{day}/{id}.jpg");
-        let day_dir = self.snapshots.join(&day);
-        fs::create_dir_all(&day_dir).map_err(DbError::io(&day_dir))?;
-        let tmp = self.snapshots.join(TMP_DIR).join(format!("{id}.jpg"));
+        let relative = format!("{}/{id}.jpg", utc_day(started_ms));
+        self.write_whole(&self.snapshots.join(&relative), &format!("{id}.jpg"), jpeg)?;
+        Ok((relative, jpeg.len() as u64))
+    }
+
+    /// Writes `bytes` as the file `path` (replacing it whole if there is one), creating its
+    /// folder: written and synced under the temporary folder, renamed, and the folder synced,
+    /// so the file is complete under its final name before this returns and a row may name
+    /// it. Pictures of objects and of archives alike; `tmp_name` is unique to the picture.
+    pub(crate) fn write_whole(
+        &self,
+        path: &Path,
+        tmp_name: &str,
+        bytes: &[u8],
+    ) -> Result<(), DbError> {
+        let dir = path.parent().unwrap_or(&self.snapshots);
+        fs::create_dir_all(dir).map_err(DbError::io(dir))?;
+        let tmp = self.snapshots.join(TMP_DIR).join(tmp_name);
         let written = File::create(&tmp)
             .and_then(|mut file| {
-                file.write_all(jpeg)?;
+                file.write_all(bytes)?;
                 file.sync_all()
             })
             .map_err(DbError::io(&tmp));
@@ -831,13 +844,11 @@ impl VideoDb {
             let _ = fs::remove_file(&tmp);
             return Err(error);
         }
-        let path = self.snapshots.join(&relative);
-        fs::rename(&tmp, &path).map_err(DbError::io(&path))?;
+        fs::rename(&tmp, path).map_err(DbError::io(path))?;
         // The rename is durable once the folder is synced; only then may a row name the file.
-        File::open(&day_dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(DbError::io(&day_dir))?;
-        Ok((relative, jpeg.len() as u64))
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(DbError::io(dir))
     }
 
     pub fn object(&self, id: i64) -> Result<Option<Object>, DbError> {

@@ -94,10 +94,11 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> WalkError + '_ {
 }
 
 /// Finds the video files under `paths` (files named, folders walked recursively) and
-/// fingerprints them. Links are not followed: one is skipped with the reason, as is a hidden
-/// file (a name starting with `.`, such as the `._NAME` files macOS leaves on drives), a file
-/// whose content another file has already, and a file that cannot be read. A path that does
-/// not exist, or is relative, is an error.
+/// fingerprints them. Links are not followed: one is skipped with the reason, as is a file
+/// whose content another file has already and a file that cannot be read. Hidden names
+/// (starting with `.`, such as the `._NAME` files macOS leaves on drives) are passed over
+/// without a word: they are never recordings. A path that does not exist, or is relative, is
+/// an error.
 pub fn walk(paths: &[PathBuf]) -> Result<Walk, WalkError> {
     let mut walk = Walk::default();
     let mut seen = std::collections::HashMap::<String, String>::new();

@@ -8,8 +8,7 @@
 //! for.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::PathBuf;
 
 use rusqlite::{params, OptionalExtension};
@@ -630,11 +629,11 @@ impl VideoDb {
         let file = self
             .analysis_file(id, now_ms)?
             .ok_or(DbError::NotFound { what: "file", id })?;
-        let dir = self.archive_dir().join(file.analysis.to_string());
         let mut names = HashMap::new();
         for (index, jpeg) in snapshots {
             let name = format!("{}/{id}-{index}.jpg", file.analysis);
-            self.write_archive_snapshot(&dir, &name, jpeg)?;
+            let tmp_name = format!("archive-{}", name.replace('/', "-"));
+            self.write_whole(&self.archive_dir().join(&name), &tmp_name, jpeg)?;
             names.insert(*index, name);
         }
         let tx = self.conn.transaction()?;
@@ -696,31 +695,6 @@ impl VideoDb {
         tx.commit()?;
         self.analysis_file(id, now_ms)?
             .ok_or(DbError::NotFound { what: "file", id })
-    }
-
-    fn write_archive_snapshot(
-        &self,
-        dir: &std::path::Path,
-        name: &str,
-        jpeg: &[u8],
-    ) -> Result<(), DbError> {
-        fs::create_dir_all(dir).map_err(DbError::io(dir))?;
-        let tmp = self.snapshot_path("tmp").join(name.replace('/', "-"));
-        let written = File::create(&tmp)
-            .and_then(|mut file| {
-                file.write_all(jpeg)?;
-                file.sync_all()
-            })
-            .map_err(DbError::io(&tmp));
-        if let Err(error) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(error);
-        }
-        let path = self.archive_dir().join(name);
-        fs::rename(&tmp, &path).map_err(DbError::io(&path))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(DbError::io(dir))
     }
 
     /// The snapshot of archive object `id`, relative to the archives folder.
